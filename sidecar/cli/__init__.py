@@ -1,0 +1,1 @@
+"""The `atlantis-sidecar` command."""

@@ -1,0 +1,1 @@
+"""Which system owns a lock key: Atlantis (legacy) or the engine (enhanced)."""
