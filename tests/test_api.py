@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sidecar.api.app import create_app
+from sidecar.api.appkeys import RUNTIME
 from sidecar.plugin.manager import Plugins
 from sidecar.runtime import ConfigSource, Runtime
 from tests.conftest import backend_settings
@@ -277,3 +278,49 @@ async def test_concurrent_http_clients_never_hold_one_key_together(
     for (_, end, token), (start, _, next_token) in itertools.pairwise(intervals):
         assert end <= start, "two holders at once"
         assert next_token > token, "fencing token went back"
+
+
+async def test_lock_list_filters_by_owner_and_prefix_and_pages(make_client: MakeClient) -> None:
+    client = await make_client()
+    for n in range(5):
+        await acquire(client, key=f"team-a/{n}", owner="a")
+    await acquire(client, key="team-b/0", owner="b")
+    seen: list[str] = []
+    after = None
+    while True:
+        params = {"prefix": "team-a/", "limit": "2", **({"after": after} if after else {})}
+        page = await (await client.get(f"{API}/locks", params=params)).json()
+        seen += [lock["key"] for lock in page["locks"]]
+        after = page["next_after"]
+        if after is None:
+            break
+    assert seen == [f"team-a/{n}" for n in range(5)]
+    by_owner = await (await client.get(f"{API}/locks", params={"owner": "b"})).json()
+    assert [lock["key"] for lock in by_owner["locks"]] == ["team-b/0"]
+    bad = await client.get(f"{API}/locks", params={"limit": "0"})
+    assert (bad.status, (await bad.json())["code"]) == (400, "EL009")
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, "0", "0s", "0ms"])
+async def test_any_spelling_of_a_zero_wait_means_try_once(
+    make_client: MakeClient, zero: object
+) -> None:
+    client = await make_client()
+    await acquire(client, key="k", owner="a")
+    status, body = await acquire(client, key="k", owner="b", wait=zero)
+    assert (status, body["code"]) == (409, "EL002")
+    assert body["holders"][0]["owner"]["id"] == "a"
+
+
+async def test_a_disabled_sidecar_can_be_reloaded_back_on(
+    make_client: MakeClient, tmp_path: Path
+) -> None:
+    client = await make_client(enabled=False, admin_token="adm")
+    runtime = client.app[RUNTIME]
+    path = tmp_path / "on.toml"
+    path.write_text('[enhanced-locking]\nenabled = true\nadmin-token = "adm"\nbackend = "memory"\n')
+    runtime.source = ConfigSource(path, {})
+    resp = await client.post(f"{API}/config/reload", headers={"Authorization": "Bearer adm"})
+    assert resp.status == 200, await resp.text()
+    status, _ = await acquire(client, key="k", owner="a")
+    assert status == 200

@@ -412,3 +412,16 @@ async def test_sqlite_group_commit_shares_transactions_between_concurrent_writes
         assert len(snapshot.grants) == 60
     finally:
         await backend.close()
+
+
+async def test_queue_approaching_limit_is_logged_at_80_percent(
+    make_engine: MakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await make_engine(queue_config__max_queue_size=5)
+    await take(engine, "k", "holder")
+    with caplog.at_level("WARNING", logger="enhanced-locking.engine"):
+        for n in range(3):
+            await take(engine, "k", f"w{n}")
+        assert "queue approaching limit" not in caplog.text
+        await take(engine, "k", "w3")
+    assert "queue approaching limit: 4 of 5 requests waiting" in caplog.text

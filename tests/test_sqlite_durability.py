@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -88,3 +91,54 @@ def test_unusable_data_dir_stops_start_up_with_EL007_and_the_path(tmp_path: Path
     )
     assert proc.returncode == 1
     assert "EL007" in proc.stderr and str(data_dir) in proc.stderr
+
+
+def test_data_dir_the_sidecar_may_not_write_stops_start_up_with_EL007(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    command = [
+        sys.executable,
+        "-m",
+        "sidecar",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--backend",
+        "sqlite",
+        "--data-dir",
+        str(locked / "data"),
+    ]
+    if os.geteuid() == 0:
+        # Root ignores file modes: run the sidecar as an unprivileged user instead.
+        tmp_path.chmod(0o755)
+        command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert "EL007" in proc.stderr and str(locked / "data") in proc.stderr
+
+
+def test_a_caller_that_hangs_up_while_waiting_is_not_granted_the_lock(tmp_path: Path) -> None:
+    with running_sidecar(
+        ["--backend", "sqlite", "--data-dir", str(tmp_path / "d")], tmp_path / "log"
+    ) as sidecar:
+        call(sidecar.url, "POST", "/acquire", {"key": "k", "owner": "holder"})
+        body = json.dumps({"key": "k", "owner": "impatient", "wait": "30s"}).encode()
+        with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as conn:
+            conn.sendall(
+                b"POST /api/enhanced-locks/acquire HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
+            deadline = time.monotonic() + 10
+            while call(sidecar.url, "GET", "/queue/status")[1]["depth"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        deadline = time.monotonic() + 10
+        while call(sidecar.url, "GET", "/queue/status")[1]["depth"] != 0:
+            assert time.monotonic() < deadline, "the abandoned request is still queued"
+            time.sleep(0.05)
+        call(sidecar.url, "POST", "/release", {"key": "k", "owner": "holder"})
+        _, lock = call(sidecar.url, "GET", "/lock?key=k")
+        assert lock["held"] is False

@@ -18,8 +18,11 @@ log = logging.getLogger("enhanced-locking.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Enhanced endpoints that still answer when `enabled = false`, so operators can see why.
-ALWAYS_ON = {PREFIX + "/health", PREFIX + "/plugins", PREFIX + "/openapi.json"}
+# Enhanced endpoints that still answer when `enabled = false`: so operators can see why, and
+# so `config set enhanced-locking.enabled=true` can reload a disabled sidecar back on.
+ALWAYS_ON = {
+    PREFIX + "/health", PREFIX + "/plugins", PREFIX + "/openapi.json", PREFIX + "/config/reload",
+}
 
 
 def error_response(exc: LockError) -> web.Response:

@@ -107,10 +107,8 @@ def priority(value: object) -> Priority:
 def duration(value: object, field: str, *, allow_zero: bool = False, limit: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise bad_request(f"{field} must be a number of seconds or a duration like '30s'")
-    if allow_zero and value in (0, "0", "0s"):
-        return 0.0
     try:
-        seconds = parse_duration(value)
+        seconds = parse_duration(value, allow_zero=allow_zero)
     except ValueError as exc:
         raise bad_request(f"{field}: {exc}") from None
     if seconds > limit:

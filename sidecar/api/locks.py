@@ -211,4 +211,4 @@ async def cancel_request(request: web.Request) -> web.Response:
     change = await request.app[RUNTIME].engine.cancel(rid, detail="cancelled by the caller")
     if not change.ended:
         raise LockError(Code.NOT_FOUND, "request is not waiting", request_id=rid)
-    return web.json_response({"cancelled": True, "request_id": rid, **change_json(change)})
+    return web.json_response({"request_id": rid, **change_json(change)})

@@ -254,9 +254,9 @@ async def _let_go(engine: LockManager, owners: Iterable[Owner]) -> None:
             await engine.release_owner(owner.id)
 
 
-async def measure_in_process(ctx: Context) -> tuple[Measured, Measured]:
+async def measure_in_process(ctx: Context, runtime: Runtime) -> tuple[Measured, Measured]:
     """Pairs on distinct keys, then handoffs on one key, on one engine like the server's."""
-    async with _running(ctx.runtime("in-process")) as engine:
+    async with _running(runtime) as engine:
         owners = [Owner(f"bench-{os.getpid()}-w{i}") for i in range(ctx.concurrency)]
         keys = [f"{ctx.prefix}w{i}" for i in range(ctx.concurrency)]
 
@@ -496,14 +496,13 @@ def _settings_line(settings: Settings, backend_cls: type[Backend]) -> str:
     return f"settings: durable={backend_cls.durable} (see `atlantis-sidecar config show`)"
 
 
-def _described(ctx: Context, backend_cls: type[Backend]) -> str:
-    """What the backend itself says about how it is built (group commit, ...), from a copy.
+def _described(backend: Backend) -> str:
+    """What the backend itself says about how it is built (group commit, ...).
 
     Asked of the backend rather than re-derived here, so that settings a backend grows later
     (such as sqlite's group commit under `batch-processing`) show up in the report unasked.
-    `from_settings` does no I/O, so the copy opens nothing.
     """
-    described = backend_cls.from_settings(ctx.scratch_settings("describe")).describe()
+    described = backend.describe()
     shown = {k: v for k, v in described.items() if k not in ("name", "durable", "path")}
     return "  ".join(f"{k}={v}" for k, v in shown.items()) or "nothing more"
 
@@ -513,7 +512,8 @@ async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
     _out("atlantis-sidecar locks benchmark")
     _out(f"backend: {name} ({'durable' if backend_cls.durable else 'not durable'})")
     _out(_settings_line(ctx.settings, backend_cls))
-    _out(f"backend reports: {_described(ctx, backend_cls)}")
+    in_process = ctx.runtime("in-process")  # built (no I/O yet) to describe what is measured
+    _out(f"backend reports: {_described(in_process.backend)}")
     _out(f"scratch: {ctx.scratch} (removed afterwards; the live lock store is not opened)")
     _out(f"keys: {ctx.prefix}*")
     _out(f"duration: {ctx.seconds:g}s per measurement (at most {MAX_PAIRS} pairs,"
@@ -523,7 +523,7 @@ async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
          " (HTTP client and server share it)")
     _out()
 
-    in_pairs, in_handoffs = await measure_in_process(ctx)
+    in_pairs, in_handoffs = await measure_in_process(ctx, in_process)
     _out(_pairs_line("in-process", in_pairs, ctx.concurrency))
     http_pairs, http_handoffs = await measure_http(ctx)
     _out(_pairs_line("http", http_pairs, ctx.concurrency))

@@ -42,6 +42,8 @@ def serve(runtime: Runtime) -> int:
         access_log=None,
         print=None,
         handle_signals=True,
+        # A caller that hangs up while waiting must not be granted a lock nobody will release.
+        handler_cancellation=True,
     )
     return 0
 

@@ -33,12 +33,15 @@ _BARE = re.compile(_NUMBER)
 HINT = "use seconds or a string like '100ms', '30s', '5m', '1h' or '1m30s'"
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from a TOML number or a `1m30s` string; ValueError text is shown to operators."""
+def parse_duration(value: object, *, allow_zero: bool = False) -> float:
+    """Seconds from a TOML number or a `1m30s` string; ValueError text is shown to operators.
+
+    `allow_zero` is for an API caller's `wait`, where 0 means "try once", never for config.
+    """
     if isinstance(value, bool):
         raise ValueError(f"expected a duration ({HINT}), got boolean {str(value).lower()}")
     if isinstance(value, int | float):
-        return check_seconds(float(value))
+        return check_seconds(float(value), allow_zero=allow_zero)
     if not isinstance(value, str):
         raise ValueError(f"expected a duration ({HINT})")
     text = value.strip()
@@ -47,21 +50,21 @@ def parse_duration(value: object) -> float:
     if text.startswith("+"):
         text = text[1:]
     if _BARE.fullmatch(text):
-        return check_seconds(float(text))
+        return check_seconds(float(text), allow_zero=allow_zero)
     if not _WHOLE.fullmatch(text):
         raise ValueError(f"invalid duration {value!r} ({HINT})")
     seconds = sum(float(number) * _UNITS[unit] for number, unit in _PART.findall(text))
-    return check_seconds(seconds, value)
+    return check_seconds(seconds, value, allow_zero=allow_zero)
 
 
-def check_seconds(seconds: float, original: object = None) -> float:
+def check_seconds(seconds: float, original: object = None, *, allow_zero: bool = False) -> float:
     """One set of bounds for every duration: no setting here has a use for zero or a month."""
     shown = repr(original) if original is not None else _plain(seconds)
     if math.isnan(seconds):
         raise ValueError("duration must be a number, got nan")
     if seconds < 0:
         raise ValueError(f"duration must be positive, got {shown}")
-    if seconds == 0:
+    if seconds == 0 and not allow_zero:
         raise ValueError(f"duration must be greater than zero, got {shown}")
     if seconds > MAX_SECONDS:
         raise ValueError(f"duration must be at most 30 days (720h), got {shown}")

@@ -40,6 +40,7 @@ OVERFLOW_ATTEMPTS = 3
 OUTCOME_RETENTION = 3600.0
 QUEUE_WARNING_RATIO = 0.8
 HOUSEKEEPING_INTERVAL = 1.0
+SLOW_OPERATION_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +221,11 @@ class LockManager:
 
     async def _try(self, request: Request, *, queue_if_busy: bool) -> AcquireResult:
         s = self.settings
-        now = self.clock()
+        started = time.perf_counter()
         result = await self.backend.acquire(
-            request, now=now, queue_if_busy=queue_if_busy, max_queue=s.max_queue
+            request, now=self.clock(), queue_if_busy=queue_if_busy, max_queue=s.max_queue
         )
+        _check_slow("backend acquire", started)
         for _ in range(OVERFLOW_ATTEMPTS):
             if result.status != "full":
                 return result
@@ -282,7 +284,10 @@ class LockManager:
     # -- release, cancel, renew --------------------------------------------------------------
 
     async def release(self, owner_id: str, keys: Sequence[str]) -> Change:
-        return self._apply(await self.backend.release(owner_id, keys, now=self.clock()))
+        started = time.perf_counter()
+        change = await self.backend.release(owner_id, keys, now=self.clock())
+        _check_slow("backend release", started)
+        return self._apply(change)
 
     async def release_owner(self, owner_id: str) -> Change:
         return self._apply(await self.backend.release_owner(owner_id, now=self.clock()))
@@ -476,6 +481,12 @@ class LockManager:
                 await self.cancel(request_id, detail="sidecar shutting down")
             if not waiter.done():
                 waiter.set_exception(LockError(Code.BACKEND_UNAVAILABLE, "sidecar shutting down"))
+
+
+def _check_slow(what: str, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    if elapsed > SLOW_OPERATION_SECONDS:
+        log.warning("slow operation detected: %s took %.0f ms", what, elapsed * 1000)
 
 
 def _holders(grants: Sequence[Grant]) -> list[dict[str, object]]:
