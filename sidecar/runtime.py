@@ -17,6 +17,7 @@ from typing import Any
 from sidecar import config
 from sidecar.backends.base import Backend
 from sidecar.config import LoadResult, Settings
+from sidecar.engine.detector import DeadlockDetector, DetectorSettings
 from sidecar.engine.manager import EngineSettings, LockManager
 from sidecar.engine.ordering import Ordering
 from sidecar.engine.policies import OverflowPolicy
@@ -75,6 +76,7 @@ class Runtime:
     backend: Backend
     events: EventDispatcher
     engine: LockManager
+    detector: DeadlockDetector
     started_at: float = field(default_factory=time.time)
     reloads: list[dict[str, Any]] = field(default_factory=list)
 
@@ -90,7 +92,9 @@ class Runtime:
             stats=stats,
             events=events,
         )
-        return cls(settings, plugins, source, stats, backend, events, engine)
+        detector = DeadlockDetector(engine, detector_settings(plugins, settings), stats)
+        engine.on_wait = detector.on_wait
+        return cls(settings, plugins, source, stats, backend, events, engine, detector)
 
     def reload(self, *, by: str) -> dict[str, Any]:
         """Re-read the config; apply it if valid. Raises LockError(EL003) listing the problems."""
@@ -109,6 +113,7 @@ class Runtime:
         restart = config.diff_restart_required(old, new)
         self.settings = new
         self.engine.reconfigure(engine_settings(new), overflow_policy(self.plugins, new))
+        self.detector.reconfigure(detector_settings(self.plugins, new))
         record = {
             "at": time.time(),
             "by": by,
@@ -124,6 +129,20 @@ class Runtime:
         else:
             log.info("config reloaded by %s; changed: %s", by, ", ".join(changed) or "nothing")
         return record
+
+
+def detector_settings(plugins: Plugins, settings: Settings) -> DetectorSettings:
+    dd = settings.deadlock_detection
+    return DetectorSettings(
+        enabled=dd.enabled,
+        check_interval=dd.check_interval,
+        min_cycle_length=dd.min_cycle_length,
+        confidence_threshold=dd.confidence_threshold,
+        policies=tuple(
+            (name, plugins.resolution_policies.get(name)()) for name in dd.resolution_policies
+        ),
+        max_attempts=dd.max_resolution_attempts,
+    )
 
 
 def overflow_policy(plugins: Plugins, settings: Settings) -> OverflowPolicy:

@@ -45,7 +45,8 @@ class Sidecar:
         raise TimeoutError(f"sidecar not healthy within {timeout}s:\n{self.output()}")
 
     def output(self) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         return self.log.read_text(errors="replace")
 
     def kill9(self) -> None:

@@ -24,6 +24,14 @@ T = TypeVar("T")
 _Entry = tuple[float, int, str]  # (score, seq, request id): a key's queue order
 
 
+def _discard(index: defaultdict[str, set[str]], owner_id: str, item: str) -> None:
+    items = index.get(owner_id)
+    if items is not None:
+        items.discard(item)
+        if not items:
+            del index[owner_id]
+
+
 class MemoryStore(Txn):
     def __init__(self) -> None:
         self.grants: dict[str, Grant] = {}
@@ -37,17 +45,24 @@ class MemoryStore(Txn):
         self._leases: list[tuple[float, str, int]] = []
         self._arrivals: list[tuple[float, str]] = []
         self._finished: list[tuple[float, str]] = []
+        # Owner indexes, so release-by-owner and the deadlock walk do not scan everything.
+        self._owner_grants: defaultdict[str, set[str]] = defaultdict(set)
+        self._owner_requests: defaultdict[str, set[str]] = defaultdict(set)
 
     def grant_of(self, key: str) -> Grant | None:
         return self.grants.get(key)
 
     def put_grant(self, grant: Grant) -> None:
+        self.delete_grant(grant.key)
         self.grants[grant.key] = grant
+        self._owner_grants[grant.owner.id].add(grant.key)
         if grant.lease_expires_at is not None:
             heapq.heappush(self._leases, (grant.lease_expires_at, grant.key, grant.token))
 
     def delete_grant(self, key: str) -> None:
-        self.grants.pop(key, None)
+        grant = self.grants.pop(key, None)
+        if grant is not None:
+            _discard(self._owner_grants, grant.owner.id, key)
 
     def next_token(self, key: str) -> int:
         token = self.tokens.get(key, 0) + 1
@@ -68,11 +83,17 @@ class MemoryStore(Txn):
     def queue_rank(self, key: str, score: float, seq: int) -> int:
         return bisect.bisect_left(self.queues.get(key, []), (score, seq, ""))
 
+    def queue_ahead(self, key: str, score: float, seq: int) -> Request | None:
+        queue = self.queues.get(key, [])
+        rank = bisect.bisect_left(queue, (score, seq, ""))
+        return self.requests[queue[rank - 1][2]] if rank > 0 else None
+
     def queue_of(self, key: str, limit: int) -> list[Request]:
         return [self.requests[e[2]] for e in self.queues.get(key, [])[:limit]]
 
     def add_request(self, request: Request) -> None:
         self.requests[request.id] = request
+        self._owner_requests[request.owner.id].add(request.id)
         for key in request.keys:
             bisect.insort(self.queues[key], (request.score, request.seq, request.id))
         heapq.heappush(self._deadlines, (request.deadline, request.id))
@@ -83,6 +104,7 @@ class MemoryStore(Txn):
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
+        _discard(self._owner_requests, request.owner.id, request_id)
         for key in request.keys:
             queue = self.queues[key]
             queue.remove((request.score, request.seq, request.id))
@@ -118,10 +140,11 @@ class MemoryStore(Txn):
         return sorted(self.requests.values(), key=lambda r: r.seq)[:limit]
 
     def grants_of_owner(self, owner_id: str) -> list[Grant]:
-        return [g for g in self.grants.values() if g.owner.id == owner_id]
+        return [self.grants[k] for k in sorted(self._owner_grants.get(owner_id, ()))]
 
     def requests_of_owner(self, owner_id: str) -> list[Request]:
-        return [r for r in self.requests.values() if r.owner.id == owner_id]
+        found = (self.requests[r] for r in self._owner_requests.get(owner_id, ()))
+        return sorted(found, key=lambda r: r.seq)
 
     def expired_leases(self, now: float, limit: int) -> list[Grant]:
         found: list[Grant] = []

@@ -76,6 +76,9 @@ class SqliteTxn(Txn):
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        # The rules read a key's grant several times per operation; one transaction owns this
+        # object, and every write of a grant goes through it, so the cache cannot go stale.
+        self._grants: dict[str, Grant | None] = {}
 
     def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self.db.execute(sql, args).fetchone()
@@ -85,10 +88,13 @@ class SqliteTxn(Txn):
         return self.db.execute(sql, args).fetchall()
 
     def grant_of(self, key: str) -> Grant | None:
-        row = self._one(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE key = ?", key)
-        return _grant(row) if row else None
+        if key not in self._grants:
+            row = self._one(f"SELECT {_GRANT_COLUMNS} FROM grants WHERE key = ?", key)
+            self._grants[key] = _grant(row) if row else None
+        return self._grants[key]
 
     def put_grant(self, grant: Grant) -> None:
+        self._grants[grant.key] = grant
         self.db.execute(
             "INSERT OR REPLACE INTO grants VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -103,6 +109,7 @@ class SqliteTxn(Txn):
         )
 
     def delete_grant(self, key: str) -> None:
+        self._grants[key] = None
         self.db.execute("DELETE FROM grants WHERE key = ?", (key,))
 
     def next_token(self, key: str) -> int:
@@ -143,6 +150,18 @@ class SqliteTxn(Txn):
             seq,
         )
         return int(row[0]) if row else 0
+
+    def queue_ahead(self, key: str, score: float, seq: int) -> Request | None:
+        row = self._one(
+            "SELECT r.body FROM waits w JOIN requests r ON r.id = w.request_id WHERE w.key = ?"
+            " AND (w.score < ? OR (w.score = ? AND w.seq < ?)) ORDER BY w.score DESC, w.seq DESC"
+            " LIMIT 1",
+            key,
+            score,
+            score,
+            seq,
+        )
+        return _request(row) if row else None
 
     def queue_of(self, key: str, limit: int) -> list[Request]:
         rows = self._all(
@@ -397,8 +416,9 @@ class SqliteBackend(TxnBackend):
     def _commit_pending(self) -> None:
         """Run every pending write (up to `group_commit`) in one transaction, then answer them.
 
-        Each operation runs in its own savepoint, so one that fails is undone alone and the rest
-        still commit; none is answered before the COMMIT (and its fsync) is done.
+        Each operation of a shared transaction runs in its own savepoint, so one that fails is
+        undone alone and the rest still commit; none is answered before the COMMIT (and its
+        fsync) is done.
         """
         batch: list[_Pending] = []
         while self._pending and len(batch) < self.group_commit:
@@ -410,8 +430,13 @@ class SqliteBackend(TxnBackend):
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
             try:
-                for item in batch:
-                    outcomes.append(_in_savepoint(db, item.fn, self.path))
+                if len(batch) == 1:  # alone in its transaction: no savepoint needed
+                    outcomes.append(_run_op(db, batch[0].fn, self.path))
+                    if outcomes[0][1] is not None:
+                        raise outcomes[0][1]
+                else:
+                    for item in batch:
+                        outcomes.append(_in_savepoint(db, item.fn, self.path))
                 db.execute("COMMIT")
                 self.commits += 1
             except BaseException:
@@ -420,10 +445,15 @@ class SqliteBackend(TxnBackend):
         except sqlite3.Error as exc:
             failed = backend_unavailable(f"sqlite {self.path}: {exc}")
             outcomes = [(None, failed)] * len(batch)
-        except LockError as exc:
+        except Exception as exc:
             outcomes = [(None, exc)] * len(batch)
-        for item, (result, error) in zip(batch, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_settle, item.future, result, error)
+        finally:
+            # Whatever happened, every caller gets an answer (also on KeyboardInterrupt).
+            if len(outcomes) != len(batch):
+                gone = backend_unavailable(f"sqlite {self.path}: the transaction was interrupted")
+                outcomes = [(None, gone)] * len(batch)
+            for item, (result, error) in zip(batch, outcomes, strict=True):
+                item.loop.call_soon_threadsafe(_settle, item.future, result, error)
 
     async def run(self, fn: Callable[[Txn], T], *, write: bool = True) -> T:
         loop = asyncio.get_running_loop()
@@ -444,20 +474,26 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
 
 
+def _run_op(
+    db: sqlite3.Connection, fn: Callable[[Txn], Any], path: Path
+) -> tuple[Any, BaseException | None]:
+    try:
+        return fn(SqliteTxn(db)), None
+    except sqlite3.Error as exc:
+        return None, backend_unavailable(f"sqlite {path}: {exc}")
+    except Exception as exc:
+        return None, exc
+
+
 def _in_savepoint(
     db: sqlite3.Connection, fn: Callable[[Txn], Any], path: Path
 ) -> tuple[Any, BaseException | None]:
     db.execute("SAVEPOINT op")
-    try:
-        result = fn(SqliteTxn(db))
-    except Exception as exc:
-        db.execute("ROLLBACK TO op")
+    result, error = _run_op(db, fn, path)
+    db.execute("ROLLBACK TO op" if error is not None else "RELEASE op")
+    if error is not None:
         db.execute("RELEASE op")
-        if isinstance(exc, sqlite3.Error):
-            return None, backend_unavailable(f"sqlite {path}: {exc}")
-        return None, exc
-    db.execute("RELEASE op")
-    return result, None
+    return result, error
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -21,7 +21,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Enhanced endpoints that still answer when `enabled = false`: so operators can see why, and
 # so `config set enhanced-locking.enabled=true` can reload a disabled sidecar back on.
 ALWAYS_ON = {
-    PREFIX + "/health", PREFIX + "/plugins", PREFIX + "/openapi.json", PREFIX + "/config/reload",
+    PREFIX + "/health",
+    PREFIX + "/plugins",
+    PREFIX + "/openapi.json",
+    PREFIX + "/config/reload",
 }
 
 
@@ -66,11 +69,12 @@ def create_app(runtime: Runtime) -> web.Application:
     app.add_routes(locks.routes)
     app.add_routes(status.routes)
     app.add_routes(admin.routes)
-    if runtime.settings.metrics:
-        app.router.add_get(runtime.settings.metrics_config.endpoint, status.prometheus)
+    # Always routed: the handler answers 404 while `metrics` is off, so a reload can turn it on.
+    app.router.add_get(runtime.settings.metrics_config.endpoint, status.prometheus)
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(engine_ctx)
+    app.cleanup_ctx.append(detector_ctx)
     app.on_shutdown.append(stop_waiting)
     return app
 
@@ -99,6 +103,13 @@ async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
     await engine.start()
     yield
     await engine.stop()
+
+
+async def detector_ctx(app: web.Application) -> AsyncIterator[None]:
+    detector = app[RUNTIME].detector
+    await detector.start()
+    yield
+    await detector.stop()
 
 
 async def stop_waiting(app: web.Application) -> None:

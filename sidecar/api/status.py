@@ -122,6 +122,11 @@ async def queue_metrics(request: web.Request) -> web.Response:
     )
 
 
+@routes.get(PREFIX + "/deadlock/status")
+async def deadlock_status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME].detector.status())
+
+
 @routes.get(PREFIX + "/plugins")
 async def plugins(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]

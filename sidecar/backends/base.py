@@ -27,6 +27,7 @@ from sidecar.engine.model import (
     RequestState,
     Snapshot,
 )
+from sidecar.engine.policies import WaitEdge
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -37,6 +38,9 @@ class GrantPage:
     grants: list[Grant]
     next_after: str | None
 
+
+#: The most waiting requests a snapshot reads (the bound of every whole-graph read).
+SNAPSHOT_LIMIT = 1_000_000
 
 # Called by a backend when another replica granted a request that may wait on this one.
 RemoteGrantListener = Callable[[Handoff], Awaitable[None]]
@@ -156,3 +160,29 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def prune_outcomes(self, *, finished_before: float, batch: int) -> int: ...
+
+    async def wait_edges_from(self, owner_id: str, *, max_owners: int) -> list[WaitEdge]:
+        """Wait-for edges reachable from `owner_id`, read consistently (one atomic read).
+
+        This default reads a whole snapshot; backends override it with a bounded walk.
+        """
+        from sidecar.engine.waitgraph import WaitGraph
+
+        graph = WaitGraph.from_snapshot(await self.snapshot(now=0.0, max_waiting=SNAPSHOT_LIMIT))
+        edges: list[WaitEdge] = []
+        seen, frontier = {owner_id}, [owner_id]
+        while frontier and len(seen) <= max_owners:
+            for target, between in graph.out.get(frontier.pop(), {}).items():
+                edges.extend(between)
+                if target not in seen:
+                    seen.add(target)
+                    frontier.append(target)
+        return edges
+
+    async def edges_present(self, edges: Sequence[WaitEdge]) -> list[bool]:
+        """Which of these wait-for edges still hold, read consistently (one atomic read)."""
+        from sidecar.engine.waitgraph import edges_of
+
+        snapshot = await self.snapshot(now=0.0, max_waiting=SNAPSHOT_LIMIT)
+        current = {e.identity for e in edges_of(snapshot)}
+        return [e.identity in current for e in edges]

@@ -26,6 +26,7 @@ from sidecar.engine.model import (
     RequestState,
     Snapshot,
 )
+from sidecar.engine.policies import WaitEdge
 
 T = TypeVar("T")
 
@@ -51,6 +52,10 @@ class Txn(Protocol):
         ...
 
     def queue_of(self, key: str, limit: int) -> list[Request]: ...
+    def queue_ahead(self, key: str, score: float, seq: int) -> Request | None:
+        """The request right ahead of (score, seq) in `key`'s queue."""
+        ...
+
     def add_request(self, request: Request) -> None: ...
     def remove_request(self, request_id: str) -> Request | None: ...
     def get_request(self, request_id: str) -> Request | None: ...
@@ -158,6 +163,14 @@ class TxnBackend(Backend):
             lambda tx: Snapshot(tuple(tx.all_grants()), tuple(tx.waiting(max_waiting)), now),
             write=False,
         )
+
+    async def wait_edges_from(self, owner_id: str, *, max_owners: int) -> list[WaitEdge]:
+        return await self.run(
+            lambda tx: rules.wait_edges_from(tx, owner_id, max_owners), write=False
+        )
+
+    async def edges_present(self, edges: Sequence[WaitEdge]) -> list[bool]:
+        return await self.run(lambda tx: rules.edges_present(tx, edges), write=False)
 
     async def prune_outcomes(self, *, finished_before: float, batch: int) -> int:
         return await self.run(lambda tx: tx.prune_outcomes(finished_before, batch))

@@ -254,8 +254,43 @@ async def _let_go(engine: LockManager, owners: Iterable[Owner]) -> None:
             await engine.release_owner(owner.id)
 
 
-async def measure_in_process(ctx: Context, runtime: Runtime) -> tuple[Measured, Measured]:
-    """Pairs on distinct keys, then handoffs on one key, on one engine like the server's."""
+@dataclass(frozen=True, slots=True)
+class InProcess:
+    pairs: Measured
+    handoffs: Measured
+    floor: Measured | None
+    floor_note: str
+
+
+async def _floor_halves(
+    ctx: Context, floor: Floor | None, middle: Callable[[], Awaitable[Measured]]
+) -> tuple[Measured, Measured | None, str]:
+    """Run `middle` between two half-length runs of the floor and merge the halves.
+
+    The ratio compares two measurements taken at different moments; on a shared machine the
+    load changes in between. Bracketing the in-process pairs with the floor makes a drift
+    affect both sides alike instead of skewing the ratio.
+    """
+    if floor is None:
+        return await middle(), None, ""
+    half = dataclasses.replace(ctx, seconds=ctx.seconds / 2)
+    _progress(f"the floor, first half ({half.seconds:g}s)")
+    before, note = await floor(half)
+    measured = await middle()
+    _progress(f"the floor, second half ({half.seconds:g}s)")
+    after, _ = await floor(half)
+    merged = Measured(
+        before.count + after.count, before.elapsed + after.elapsed,
+        sorted(before.latencies + after.latencies),
+    )
+    return measured, merged, note
+
+
+async def measure_in_process(ctx: Context, runtime: Runtime, floor: Floor | None) -> InProcess:
+    """Pairs on distinct keys (floor around them), then handoffs on one key.
+
+    One engine built like the server's, sweeper and event dispatcher running.
+    """
     async with _running(runtime) as engine:
         owners = [Owner(f"bench-{os.getpid()}-w{i}") for i in range(ctx.concurrency)]
         keys = [f"{ctx.prefix}w{i}" for i in range(ctx.concurrency)]
@@ -264,8 +299,11 @@ async def measure_in_process(ctx: Context, runtime: Runtime) -> tuple[Measured, 
             await _grab(engine, keys[worker], owners[worker])
             await engine.release(owners[worker].id, [keys[worker]])
 
-        _progress(f"in-process pairs ({ctx.seconds:g}s)")
-        pairs = await _pairs(ctx.concurrency, ctx.seconds, pair)
+        async def pairs_now() -> Measured:
+            _progress(f"in-process pairs ({ctx.seconds:g}s)")
+            return await _pairs(ctx.concurrency, ctx.seconds, pair)
+
+        pairs, floor_measured, floor_note = await _floor_halves(ctx, floor, pairs_now)
 
         key = f"{ctx.prefix}handoff"
         two = (Owner(f"bench-{os.getpid()}-a"), Owner(f"bench-{os.getpid()}-b"))
@@ -286,7 +324,7 @@ async def measure_in_process(ctx: Context, runtime: Runtime) -> tuple[Measured, 
             handoffs = await _handoffs(ctx.seconds, one_round)
         finally:
             await _let_go(engine, [*owners, *two])
-        return pairs, handoffs
+        return InProcess(pairs, handoffs, floor_measured, floor_note)
 
 
 # -- over HTTP ----------------------------------------------------------------------------------
@@ -523,23 +561,22 @@ async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
          " (HTTP client and server share it)")
     _out()
 
-    in_pairs, in_handoffs = await measure_in_process(ctx, in_process)
+    floor_entry = FLOORS.get(name)
+    measured = await measure_in_process(
+        ctx, in_process, floor_entry[1] if floor_entry is not None else None
+    )
+    in_pairs, in_handoffs, floor = measured.pairs, measured.handoffs, measured.floor
     _out(_pairs_line("in-process", in_pairs, ctx.concurrency))
     http_pairs, http_handoffs = await measure_http(ctx)
     _out(_pairs_line("http", http_pairs, ctx.concurrency))
     _out(_handoff_line("handoff in-process (release -> next waiter granted)", in_handoffs))
     _out(_handoff_line("handoff http (release sent -> waiter's answer read)", http_handoffs))
-
-    floor_entry = FLOORS.get(name)
-    floor: Measured | None = None
-    if floor_entry is None:
+    if floor_entry is None or floor is None:
         _out(f"floor: not defined for {name}")
     else:
-        description, run_floor = floor_entry
-        _progress(f"the floor ({ctx.seconds:g}s)")
-        floor, note = await run_floor(ctx)
+        note = f", {measured.floor_note}" if measured.floor_note else ""
         _out(f"floor: {floor.rate:.1f} pairs/s  {floor.percentiles()}  ({floor.count} pairs;"
-             f" {description}{', ' + note if note else ''})")
+             f" {floor_entry[0]}{note}; half before, half after the in-process pairs)")
 
     _out()
     ratio: float | None = None

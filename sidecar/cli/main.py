@@ -7,6 +7,7 @@ plugins run locally on the same code the server uses.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     test = lk_sub.add_parser("test", help="exercise a running sidecar, PASS/FAIL per step")
     _url(test)
     test.add_argument("--basic", action="store_true", required=True)
+    deadlock = lk_sub.add_parser(
+        "deadlock-test", help="build real deadlocks through a running sidecar, see them resolved"
+    )
+    _url(deadlock)
+    deadlock.add_argument("--users", type=int, default=5)
+    deadlock.add_argument("--resources", type=int, default=3)
     bench = lk_sub.add_parser("benchmark", help="measure the configured backend and its floor")
     _common(bench)
     bench.add_argument("--duration", default="10s", help="per measurement (default 10s)")
@@ -183,6 +190,10 @@ def cmd_locks(args: argparse.Namespace) -> int:
 
     if args.locks_command == "list":
         return remote.locks_list(args)
+    if args.locks_command == "deadlock-test":
+        from sidecar.cli.deadlock_test import run_deadlock_test
+
+        return asyncio.run(run_deadlock_test(args.url, args.users, args.resources))
     return remote.locks_test_basic(args)
 
 
@@ -207,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except LockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the listen address is taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

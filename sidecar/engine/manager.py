@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sidecar.backends.base import Backend
@@ -115,6 +115,8 @@ class LockManager:
         self._waiters: dict[str, asyncio.Future[Handoff]] = {}
         self._staying: set[str] = set()
         self._sweepers: list[asyncio.Task[None]] = []
+        #: Called with every request that starts waiting (the deadlock detector's immediate check).
+        self.on_wait: Callable[[Request], Awaitable[None]] | None = None
         self._started = False
         self._queue_warned = False
         backend.set_remote_grant_listener(self._on_remote_grant)
@@ -184,6 +186,8 @@ class LockManager:
             queued = result.request
             self._apply(result.change)
             self._watch_queue_depth(result)
+            if self.on_wait is not None:
+                await self._check_new_wait(queued)
             try:
                 handoff = await asyncio.wait_for(asyncio.shield(waiter), wait)
             except TimeoutError:
@@ -270,6 +274,15 @@ class LockManager:
                     )
         except LockError as exc:
             log.warning("could not clean up abandoned request %s: %s", request.id, exc)
+
+    async def _check_new_wait(self, request: Request) -> None:
+        assert self.on_wait is not None
+        try:
+            await self.on_wait(request)
+        except LockError as exc:
+            log.warning("deadlock check of request %s failed: %s", request.id, exc)
+        except Exception:
+            log.exception("deadlock check of request %s failed", request.id)
 
     def _watch_queue_depth(self, result: AcquireResult) -> None:
         limit = self.settings.max_queue
@@ -496,6 +509,8 @@ def _holders(grants: Sequence[Grant]) -> list[dict[str, object]]:
 
 
 def _outcome_of(exc: LockError) -> str:
+    if exc.code is Code.ACQUIRE_TIMEOUT and exc.status == 409:
+        return "busy"
     return {
         Code.ACQUIRE_TIMEOUT: "timed_out",
         Code.QUEUE_OVERFLOW: "overflow",

@@ -28,6 +28,7 @@ from sidecar.engine.model import (
     RequestState,
 )
 from sidecar.engine.ordering import Ordering
+from sidecar.engine.policies import WaitEdge
 from sidecar.errors import Code, LockError
 
 if TYPE_CHECKING:
@@ -277,3 +278,43 @@ def request_state(tx: Txn, request_id: str) -> RequestState | None:
 
 def key_state(tx: Txn, key: str, max_waiting: int) -> KeyState:
     return KeyState(key, tx.grant_of(key), tuple(tx.queue_of(key, max_waiting)), tx.last_token(key))
+
+
+def _edges_of_request(tx: Txn, request: Request) -> list[WaitEdge]:
+    edges = []
+    for key in request.keys:
+        grant = tx.grant_of(key)
+        if grant is not None and grant.owner.id == request.owner.id:
+            continue  # re-entrant: its own key blocks nothing
+        if grant is not None:
+            edges.append(WaitEdge(request, key, grant.owner, held=True))
+        ahead = tx.queue_ahead(key, request.score, request.seq)
+        if ahead is not None and ahead.owner.id != request.owner.id:
+            edges.append(WaitEdge(request, key, ahead.owner, held=False))
+    return edges
+
+
+def wait_edges_from(tx: Txn, owner_id: str, max_owners: int) -> list[WaitEdge]:
+    """The wait-for edges reachable from one owner, walked inside one transaction, bounded."""
+    edges: list[WaitEdge] = []
+    seen = {owner_id}
+    frontier = [owner_id]
+    while frontier and len(seen) <= max_owners:
+        owner = frontier.pop()
+        for request in tx.requests_of_owner(owner):
+            for edge in _edges_of_request(tx, request):
+                edges.append(edge)
+                if edge.blocker.id not in seen:
+                    seen.add(edge.blocker.id)
+                    frontier.append(edge.blocker.id)
+    return edges
+
+
+def edges_present(tx: Txn, edges: Sequence[WaitEdge]) -> list[bool]:
+    """Which of these edges still hold now (the detector's re-read before it acts)."""
+    present = []
+    for edge in edges:
+        request = tx.get_request(edge.waiter.id)
+        current = {e.identity for e in _edges_of_request(tx, request)} if request else set()
+        present.append(edge.identity in current)
+    return present

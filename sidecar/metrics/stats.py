@@ -100,6 +100,7 @@ class EngineStats:
             "Lock events dropped because plugins lagged.",
             registry=r,
         )
+        self._granted = self.locks_total.labels("granted")  # the hot path's child, looked up once
         self._latencies: deque[float] = deque(maxlen=WINDOW)
         self.counts: dict[str, int] = {
             "acquisitions_total": 0,
@@ -107,6 +108,7 @@ class EngineStats:
             "releases_total": 0,
             "expired_total": 0,
             "timeouts_total": 0,
+            "busy_total": 0,
             "overflows_total": 0,
             "cancelled_total": 0,
             "deadlock_victims_total": 0,
@@ -123,7 +125,7 @@ class EngineStats:
     def acquired(self, latency_seconds: float) -> None:
         self._count("acquisitions_total")
         self._count("grants_total")
-        self.locks_total.labels("granted").inc()
+        self._granted.inc()
         self.acquire_seconds.observe(latency_seconds)
         self._latencies.append(latency_seconds)
 
@@ -142,6 +144,7 @@ class EngineStats:
         self._count("acquisitions_total")
         name = {
             "timed_out": "timeouts_total",
+            "busy": "busy_total",
             "overflow": "overflows_total",
             "cancelled": "cancelled_total",
             "deadlock": "deadlock_victims_total",

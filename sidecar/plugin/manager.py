@@ -101,9 +101,14 @@ class Plugins:
             versions[module_name] = (__version__, "builtin")
         if entry_points:
             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-                if ep.name in blocked or pm.has_plugin(ep.name):
-                    continue
                 dist = ep.dist.name if ep.dist else "unknown distribution"
+                if ep.name in blocked:
+                    continue
+                if pm.has_plugin(ep.name):
+                    raise PluginLoadError(
+                        f"two plugins are named {ep.name!r}: {versions[ep.name][1]} and"
+                        f" distribution {dist}; uninstall one or block it with {DISABLE_ENV}"
+                    )
                 version = ep.dist.version if ep.dist else "unknown"
                 try:
                     plugin = ep.load()
@@ -124,10 +129,11 @@ class Plugins:
             unknown = [
                 h
                 for h in dir(exc.plugin)
-                if h.startswith("atlantis_sidecar_") and getattr(pm.hook, h).spec is None
+                if not h.startswith("_") and getattr(getattr(pm.hook, h, None), "spec", 1) is None
             ]
+            where = versions.get(name, ("", "unknown"))[1]
             raise PluginLoadError(
-                f"plugin {name!r} implements an unknown hook: {', '.join(unknown) or exc}"
+                f"plugin {name!r} ({where}) implements an unknown hook: {', '.join(unknown) or exc}"
             ) from exc
         return cls(pm, versions)
 
