@@ -372,3 +372,23 @@ def test_victims_are_waiting_requests_of_the_cycle_and_never_the_holder_only() -
     victim = LowestPriority().choose_victim(cycle)
     assert victim is not None and victim.id in {"ra", "rb"}
     assert Ending.DEADLOCK.value == "deadlock"
+
+
+async def test_a_cycle_whose_victims_all_left_logs_cascade_resolution_failed(
+    make_engine: MakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = await make_engine()
+    detector = detector_for(engine, immediate=False, confidence_threshold=0.0, max_attempts=5)
+    await take(engine, "x", "alice")
+    await take(engine, "y", "bob")
+    alice_waits = await queued(engine, "y", "alice")
+    bob_waits = await queued(engine, "x", "bob")
+    snapshot = await engine.backend.snapshot(now=0, max_waiting=100)
+    [cycle] = WaitGraph.from_snapshot(snapshot).cycles()
+    await engine.cancel(alice_waits.id)
+    await engine.cancel(bob_waits.id)
+    with caplog.at_level("ERROR", logger="enhanced-locking.deadlock"):
+        resolution = await detector.resolve(cycle, found_by="test")
+    assert resolution.outcome == "failed" and detector.counts["failed"] == 1
+    assert "cascade resolution failed after 2 attempt(s)" in caplog.text
+    assert "[EL004]" in caplog.text
