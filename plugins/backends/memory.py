@@ -115,24 +115,6 @@ class MemoryStore(Txn):
     def get_request(self, request_id: str) -> Request | None:
         return self.requests.get(request_id)
 
-    def rescore(self, request_id: str, score: float) -> None:
-        old = self.remove_request(request_id)
-        if old is not None:
-            self.add_request(
-                Request(
-                    old.id,
-                    old.keys,
-                    old.owner,
-                    old.priority,
-                    old.enqueued_at,
-                    score,
-                    old.deadline,
-                    old.lease_seconds,
-                    old.seq,
-                    promoted=True,
-                )
-            )
-
     def waiting_count(self) -> int:
         return len(self.requests)
 

@@ -202,24 +202,6 @@ class SqliteTxn(Txn):
         row = self._one("SELECT body FROM requests WHERE id = ?", request_id)
         return _request(row) if row else None
 
-    def rescore(self, request_id: str, score: float) -> None:
-        old = self.remove_request(request_id)
-        if old is not None:
-            self.add_request(
-                Request(
-                    old.id,
-                    old.keys,
-                    old.owner,
-                    old.priority,
-                    old.enqueued_at,
-                    score,
-                    old.deadline,
-                    old.lease_seconds,
-                    old.seq,
-                    promoted=True,
-                )
-            )
-
     def waiting_count(self) -> int:
         row = self._one("SELECT count(*) FROM requests")
         return int(row[0]) if row else 0

@@ -12,6 +12,7 @@ The Redis backend implements the same rules in Lua; this module is their referen
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -252,7 +253,9 @@ def sweep(tx: Txn, *, now: float, promote_enqueued_before: float | None, batch: 
     affected = _keys_of(change)
     if promote_enqueued_before is not None:
         for request in tx.unpromoted_enqueued_before(promote_enqueued_before, batch):
-            tx.rescore(request.id, Ordering.promoted_score(request.enqueued_at))
+            tx.remove_request(request.id)
+            score = Ordering.promoted_score(request.enqueued_at)
+            tx.add_request(dataclasses.replace(request, score=score, promoted=True))
             change.promoted.append(request)
             affected.update(request.keys)
     change.granted.extend(_hand_on(tx, affected, now))
