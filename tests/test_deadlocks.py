@@ -392,3 +392,15 @@ async def test_a_cycle_whose_victims_all_left_logs_cascade_resolution_failed(
     assert resolution.outcome == "failed" and detector.counts["failed"] == 1
     assert "cascade resolution failed after 2 attempt(s)" in caplog.text
     assert "[EL004]" in caplog.text
+
+
+async def test_waits_closing_one_cycle_at_the_same_moment_cost_one_victim(
+    make_engine: MakeEngine,
+) -> None:
+    engine = await make_engine()
+    detector = detector_for(engine, confidence_threshold=0.5)
+    await take(engine, "x", "alice")
+    await take(engine, "y", "bob")
+    results = await asyncio.gather(attempt(engine, "y", "alice"), attempt(engine, "x", "bob"))
+    assert sum(isinstance(r, LockError) for r in results) == 1
+    assert [r.outcome for r in detector.recent if r.outcome == "resolved"] == ["resolved"]

@@ -118,14 +118,16 @@ class DeadlockDetector:
         if not self.settings.enabled:
             return
         self.counts["immediate_checks"] += 1
-        edges = await self.engine.backend.wait_edges_from(
-            request.owner.id, max_owners=IMMEDIATE_MAX_OWNERS
-        )
-        cycle = WaitGraph(edges).cycle_through(
-            request.owner.id, min_length=self.settings.min_cycle_length
-        )
-        if cycle is not None:
-            async with self._lock:
+        # Look and act under one lock: two waits closing the same cycle at once must not each
+        # find it before either has picked a victim, or the cycle would lose two requests.
+        async with self._lock:
+            edges = await self.engine.backend.wait_edges_from(
+                request.owner.id, max_owners=IMMEDIATE_MAX_OWNERS
+            )
+            cycle = WaitGraph(edges).cycle_through(
+                request.owner.id, min_length=self.settings.min_cycle_length
+            )
+            if cycle is not None:
                 await self.resolve(cycle, found_by="immediate")
 
     async def sweep(self) -> list[Resolution]:
