@@ -5,6 +5,7 @@ Registered from this explicit list (not entry points), so a broken install canno
 
 BUILTIN_PLUGINS = (
     "plugins.backends.memory",
+    "plugins.backends.redis",
     "plugins.backends.sqlite",
     "plugins.overflow",
     "plugins.resolution",

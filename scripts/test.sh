@@ -17,6 +17,27 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
+# The Redis tests run real servers (redis-server, redis-sentinel, redis-cli) and make TLS
+# certificates with openssl.
+PACKAGES="redis-server redis-sentinel redis-tools openssl"
+missing=""
+for tool in redis-server redis-sentinel redis-cli openssl; do
+    command -v "$tool" >/dev/null || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "== installing $PACKAGES (missing:$missing)"
+        export DEBIAN_FRONTEND=noninteractive
+        # shellcheck disable=SC2086 # the package list is meant to split
+        apt-get install -y -qq $PACKAGES >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq $PACKAGES >/dev/null; } \
+            || { echo "could not install: apt-get install -y $PACKAGES" >&2; exit 1; }
+    else
+        echo "missing:$missing - as root, run: apt-get install -y $PACKAGES" >&2
+        exit 1
+    fi
+fi
+
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy --strict"

@@ -1,9 +1,11 @@
-"""Shared fixtures: real backends (memory, a real SQLite file) behind a real LockManager."""
+"""Shared fixtures: real backends (memory, a real SQLite file, real Redis servers) behind a real
+LockManager."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ from sidecar.engine.manager import LockManager
 from sidecar.metrics.stats import EngineStats
 from sidecar.plugin.manager import Plugins
 from sidecar.runtime import engine_settings, overflow_policy
+from tests import redis_servers
+from tests.redis_servers import Deployment
 
 # Each variant: a backend plugin name and the settings it runs with. "sqlite+group-commit" shares
 # transactions between concurrent writes, and must keep every rule all the same.
@@ -21,7 +25,17 @@ BACKENDS: dict[str, dict[str, Any]] = {
     "memory": {"backend": "memory"},
     "sqlite": {"backend": "sqlite"},
     "sqlite+group-commit": {"backend": "sqlite", "batch_processing": True, "batch_size": 20},
+    "redis": {"backend": "redis"},
+    "redis-cluster": {"backend": "redis"},
+    "redis-sentinel": {"backend": "redis"},
 }
+# The Redis variants and the session fixture that starts the servers each one talks to.
+REDIS_DEPLOYMENTS = {
+    "redis": "redis_standalone",
+    "redis-cluster": "redis_cluster",
+    "redis-sentinel": "redis_sentinel",
+}
+_running: dict[str, Deployment] = {}
 
 
 class Clock:
@@ -55,13 +69,42 @@ def plugins() -> Plugins:
     return Plugins.load(env={}, entry_points=False)
 
 
+@pytest.fixture(scope="session")
+def redis_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from redis_servers.stopping(redis_servers.standalone(tmp_path_factory.mktemp("redis")))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from redis_servers.stopping(redis_servers.cluster(tmp_path_factory.mktemp("cluster")))
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from redis_servers.stopping(redis_servers.sentinel(tmp_path_factory.mktemp("sentinel")))
+
+
 @pytest.fixture(params=list(BACKENDS))
 def backend_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    return use_backend(request, str(request.param))
+
+
+def use_backend(request: pytest.FixtureRequest, name: str) -> str:
+    """Make the variant `name` usable by `backend_settings`: start the servers it needs."""
+    if name in REDIS_DEPLOYMENTS:
+        _running[name] = request.getfixturevalue(REDIS_DEPLOYMENTS[name])
+    return name
 
 
 def backend_settings(variant: str, data_dir: Path, **changes: Any) -> Settings:
-    return settings_with(Settings(), data_dir=str(data_dir), **{**BACKENDS[variant], **changes})
+    settings = settings_with(
+        Settings(), data_dir=str(data_dir), **{**BACKENDS[variant], **changes}
+    )
+    if variant in REDIS_DEPLOYMENTS:
+        # Each test (each data dir) gets its own key prefix on the shared servers.
+        prefix = "test:" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:12] + ":"
+        settings = redis_servers.aimed_at(_running[variant], settings, key_prefix=prefix)
+    return settings
 
 
 MakeEngine = Callable[..., Awaitable[LockManager]]

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from sidecar.api import admin, locks, status
-from sidecar.api.appkeys import RUNTIME
+from sidecar.api.appkeys import PROXY_STATE, RUNTIME
 from sidecar.api.bodies import MAX_BODY_BYTES
 from sidecar.api.locks import PREFIX
 from sidecar.errors import Code, LockError
+from sidecar.proxy import headers, legacy_health, lock_routes, stream, upstream, websocket
+from sidecar.proxy.state import ProxyState
 from sidecar.runtime import Runtime
 
 log = logging.getLogger("enhanced-locking.api")
@@ -71,6 +73,15 @@ def create_app(runtime: Runtime) -> web.Application:
     app.add_routes(admin.routes)
     # Always routed: the handler answers 404 while `metrics` is off, so a reload can turn it on.
     app.router.add_get(runtime.settings.metrics_config.endpoint, status.prometheus)
+    # Atlantis's lock routes (split by key), then everything else to Atlantis: the catch-all
+    # comes last so that every route above wins over it.
+    app[PROXY_STATE] = ProxyState()
+    app.add_routes(legacy_health.routes)
+    app.add_routes(lock_routes.routes)
+    app.router.add_route("*", stream.CATCH_ALL, stream.proxy)
+    app.on_response_prepare.append(headers.drop_server_defaults)
+    app.on_shutdown.append(websocket.close_all)
+    app.cleanup_ctx.append(upstream.session_ctx)
     app.cleanup_ctx.append(backend_ctx)
     app.cleanup_ctx.append(events_ctx)
     app.cleanup_ctx.append(engine_ctx)

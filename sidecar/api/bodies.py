@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_KEYS = 64
 MAX_KEY_BYTES = 1024
 MAX_OWNER_CHARS = 256
+MAX_URL_CHARS = 2048
 MAX_WAIT_SECONDS = 3600.0
 MAX_HOLD_SECONDS = 7 * 24 * 3600.0
 
@@ -75,12 +77,13 @@ def _text(value: object, field: str) -> str:
 
 
 def owner(value: object) -> Owner:
-    """A named client (a string or {"name"}) or a pull request ({"repo", "pull", "user"?})."""
+    """A named client (a string or {"name"}) or a pull request ({"repo", "pull", "user"?,
+    "url"?})."""
     if isinstance(value, str):
         return Owner(_text(value, "owner"))
     if not isinstance(value, dict):
         raise bad_request('owner must be a string or an object like {"repo": ..., "pull": ...}')
-    only(value, {"name", "repo", "pull", "user"})
+    only(value, {"name", "repo", "pull", "user", "url"})
     if "name" in value:
         if set(value) != {"name"}:
             raise bad_request("owner: give name alone, or repo and pull")
@@ -89,11 +92,30 @@ def owner(value: object) -> Owner:
     if not isinstance(pull, int) or isinstance(pull, bool) or not 0 < pull < 2**31:
         raise bad_request("owner.pull must be a positive integer")
     user = value.get("user")
+    url = value.get("url")
     return Owner.pull_request(
         _text(value.get("repo"), "owner.repo"),
         pull,
         None if user is None else _text(user, "owner.user"),
+        None if url is None else pull_url(url),
     )
+
+
+def pull_url(value: object) -> str:
+    """A pull request's web page (Atlantis's `PullURL`), shown to everyone as a link: so http(s)
+    only, and never with credentials in it (a VCS token must not be republished)."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_URL_CHARS:
+        raise bad_request(f"owner.url must be a string of 1 to {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(value)
+        credentials = parts.username is not None or parts.password is not None
+    except ValueError as exc:
+        raise bad_request(f"owner.url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad_request("owner.url must be an http:// or https:// URL")
+    if credentials:
+        raise bad_request("owner.url must not contain credentials (user:token@)")
+    return value
 
 
 def priority(value: object) -> Priority:

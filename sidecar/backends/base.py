@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from sidecar.engine.model import (
     AcquireResult,
     Change,
+    Ended,
     Ending,
     Grant,
     Handoff,
@@ -44,12 +45,18 @@ SNAPSHOT_LIMIT = 1_000_000
 
 # Called by a backend when another replica granted a request that may wait on this one.
 RemoteGrantListener = Callable[[Handoff], Awaitable[None]]
+# Called by a backend when another replica ended (timed out, evicted, cancelled) such a request.
+RemoteEndListener = Callable[[Ended], Awaitable[None]]
 
 
 class Backend(abc.ABC):
     name: ClassVar[str]
     #: Whether grants, queues and fencing counters survive a restart of the sidecar.
     durable: ClassVar[bool]
+    #: Whether several sidecar processes share this backend's state, so that another process
+    #: may grant or end a request this one waits for (the engine then also checks on its own
+    #: long waiters, in case a notification was lost).
+    shared: ClassVar[bool] = False
 
     @classmethod
     @abc.abstractmethod
@@ -77,6 +84,9 @@ class Backend(abc.ABC):
 
     def set_remote_grant_listener(self, listener: RemoteGrantListener) -> None:  # noqa: B027
         """Backends shared by replicas call this when another replica grants a request."""
+
+    def set_remote_end_listener(self, listener: RemoteEndListener) -> None:  # noqa: B027
+        """Backends shared by replicas call this when another replica ends a waiting request."""
 
     @abc.abstractmethod
     async def acquire(

@@ -106,9 +106,15 @@ class Context:
         `enabled` is forced on: with the master switch off the API answers 503, which would
         measure nothing.
         """
-        return dataclasses.replace(
+        settings = dataclasses.replace(
             self.settings, data_dir=str(self.scratch / tag), enabled=True
         )
+        if settings.backend == "redis":  # shared: a key prefix of its own instead of a file
+            from sidecar.cli.benchmark_redis import scratch_prefix
+
+            redis = dataclasses.replace(settings.redis, key_prefix=scratch_prefix(settings))
+            settings = dataclasses.replace(settings, redis=redis)
+        return settings
 
     def runtime(self, tag: str) -> Runtime:
         from sidecar.runtime import ConfigSource, Runtime
@@ -487,6 +493,12 @@ async def memory_floor(ctx: Context) -> tuple[Measured, str]:
     return await _pairs(1, ctx.seconds, pair), ""
 
 
+async def redis_floor(ctx: Context) -> tuple[Measured, str]:
+    from sidecar.cli.benchmark_redis import redis_floor as floor
+
+    return await floor(ctx)
+
+
 FLOORS: dict[str, tuple[str, Floor]] = {
     "sqlite": (
         "bare BEGIN IMMEDIATE; INSERT; COMMIT + BEGIN IMMEDIATE; DELETE; COMMIT,"
@@ -494,6 +506,10 @@ FLOORS: dict[str, tuple[str, Floor]] = {
         sqlite_floor,
     ),
     "memory": ("dict set + delete, each awaited, one asyncio task", memory_floor),
+    "redis": (
+        "bare SET NX PX + DEL on the same Redis, redis-py asyncio, as many tasks as workers",
+        redis_floor,
+    ),
 }
 
 
@@ -546,6 +562,18 @@ def _described(backend: Backend) -> str:
 
 
 async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
+    if ctx.settings.backend != "redis":
+        await _measure_backend(ctx, backend_cls)
+        return
+    from sidecar.cli.benchmark_redis import remove_scratch_keys
+
+    try:
+        await _measure_backend(ctx, backend_cls)
+    finally:
+        await remove_scratch_keys(ctx.settings)
+
+
+async def _measure_backend(ctx: Context, backend_cls: type[Backend]) -> None:
     name = ctx.settings.backend
     _out("atlantis-sidecar locks benchmark")
     _out(f"backend: {name} ({'durable' if backend_cls.durable else 'not durable'})")
@@ -587,6 +615,14 @@ async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
     else:
         _out("ratio in-process/floor: n/a")
         _out("ratio http/floor: n/a")
+    peer_targets: list[str] = []
+    if name == "redis":  # the peers on the same Redis, and handoffs between two replicas
+        from sidecar.cli import benchmark_redis
+
+        peers = await benchmark_redis.measure_peers(ctx)
+        for line in benchmark_redis.report(ctx, in_pairs, peers):
+            _out(line)
+        peer_targets = benchmark_redis.targets(in_pairs, peers)
 
     _out()
     _out("targets:")
@@ -602,6 +638,8 @@ async def _measure(ctx: Context, backend_cls: type[Backend]) -> None:
         verdict = "n/a (the target is for memory)"
     _out(f"  handoff p50 = {p50:.3f} ms (target <= {TARGET_HANDOFF_P50_MS:g} ms on memory):"
          f" {verdict}")
+    for line in peer_targets:
+        _out(line)
 
 
 def _scratch_dir(settings: Settings, durable: bool) -> tuple[Path, Path | None]:

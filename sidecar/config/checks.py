@@ -82,4 +82,7 @@ def check_key_prefix(text: str) -> str | None:
     # An empty prefix would mix lock keys into whatever else lives in the Redis database.
     if not text:
         return "must not be empty"
+    # The Redis backend puts every key under one hash tag of its own, right after the prefix.
+    if "{" in text or "}" in text:
+        return f"must not contain {{ or }} (the backend adds its own hash tag), got {text!r}"
     return None

@@ -212,6 +212,29 @@ class MetricsConfigSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxySettings:
+    connect_timeout: float = leaf(
+        5.0,
+        Kind.DURATION,
+        "How long opening a connection to Atlantis may take; past it the proxy answers 504.",
+    )
+    read_timeout: float = leaf(
+        600.0,
+        Kind.DURATION,
+        "Longest wait for Atlantis's answer or the next piece of its body (504 before headers);"
+        " long, as /api/plan answers after Terraform. WebSockets are exempt.",
+    )
+    max_connections: int = leaf(
+        100,
+        Kind.INT,
+        "Most pooled connections to Atlantis at once; further requests wait for a free one.",
+        minimum=1,
+        maximum=100_000,
+        restart=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationSettings:
     active_system: str = leaf(
         "legacy",
@@ -259,6 +282,10 @@ class Settings:
         Kind.STRING,
         "Atlantis's own URL; everything not about locks is proxied there.",
         check=checks.check_http_url,
+    )
+    proxy: ProxySettings = field(
+        default_factory=ProxySettings,
+        metadata=table_meta(ProxySettings, "The reverse proxy to Atlantis."),
     )
     admin_token: str = leaf(
         "",

@@ -21,9 +21,11 @@ from sidecar.engine.events import EventKind, LockEvent
 from sidecar.engine.model import (
     AcquireResult,
     Change,
+    Ended,
     Ending,
     Grant,
     Handoff,
+    Outcome,
     Owner,
     Priority,
     Request,
@@ -41,6 +43,9 @@ OUTCOME_RETENTION = 3600.0
 QUEUE_WARNING_RATIO = 0.8
 HOUSEKEEPING_INTERVAL = 1.0
 SLOW_OPERATION_SECONDS = 0.5
+#: With a shared backend, how long a waiter waits before the sweep asks about it (and again
+#: after each such interval), in case the other replica's notification was lost.
+CATCH_UP_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,10 @@ class LockManager:
         self.on_wait: Callable[[Request], Awaitable[None]] | None = None
         self._started = False
         self._queue_warned = False
+        #: Shared backends: queued local waiters and when the sweep next asks about each.
+        self._catch_up_due: dict[str, tuple[Request, float]] = {}
         backend.set_remote_grant_listener(self._on_remote_grant)
+        backend.set_remote_end_listener(self._on_remote_end)
 
     def reconfigure(self, settings: EngineSettings, overflow: OverflowPolicy) -> None:
         """Apply reloaded settings; takes effect for the next request and sweep."""
@@ -186,6 +194,8 @@ class LockManager:
             queued = result.request
             self._apply(result.change)
             self._watch_queue_depth(result)
+            if self.backend.shared:
+                self._catch_up_due[queued.id] = (queued, time.monotonic() + CATCH_UP_AFTER)
             if self.on_wait is not None:
                 await self._check_new_wait(queued)
             try:
@@ -222,6 +232,7 @@ class LockManager:
         finally:
             self._waiters.pop(request.id, None)
             self._staying.discard(request.id)
+            self._catch_up_due.pop(request.id, None)
 
     async def _try(self, request: Request, *, queue_if_busy: bool) -> AcquireResult:
         s = self.settings
@@ -260,6 +271,9 @@ class LockManager:
         )
 
     async def _abandon(self, request: Request, waiter: asyncio.Future[Handoff]) -> None:
+        # Listen again while cancelling: a shared backend delivers a grant that another replica
+        # made just before the cancel during the cancel, and that grant must be released here.
+        self._waiters.setdefault(request.id, waiter)
         try:
             self._apply(
                 await self.backend.cancel(
@@ -274,6 +288,9 @@ class LockManager:
                     )
         except LockError as exc:
             log.warning("could not clean up abandoned request %s: %s", request.id, exc)
+        finally:
+            if self._waiters.get(request.id) is waiter:
+                del self._waiters[request.id]
 
     async def _check_new_wait(self, request: Request) -> None:
         assert self.on_wait is not None
@@ -368,6 +385,34 @@ class LockManager:
         if waiter is not None and not waiter.done():
             waiter.set_result(handoff)
 
+    async def _on_remote_end(self, ended: Ended) -> None:
+        waiter = self._waiters.get(ended.request.id)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(_ending_error(ended.ending, ended.request, ended.detail))
+
+    async def _catch_up(self) -> None:
+        """Resolve local waiters whose grant or end (by another replica) never reached us.
+
+        A shared backend notifies the waiting replica at once, but a notification can be lost
+        (its connection was being re-established). So each waiter older than CATCH_UP_AFTER is
+        looked up once per CATCH_UP_AFTER, at most `batch-size` per pass.
+        """
+        now = time.monotonic()
+        due = [r for r, at in self._catch_up_due.values() if at <= now][: self.settings.batch_size]
+        for request in due:
+            if request.id not in self._catch_up_due:
+                continue  # its caller finished while we were asking about another
+            self._catch_up_due[request.id] = (request, time.monotonic() + CATCH_UP_AFTER)
+            state = await self.backend.request_state(request.id)
+            waiter = self._waiters.get(request.id)
+            if state is None or state.outcome is None or waiter is None or waiter.done():
+                continue
+            outcome = state.outcome
+            if outcome.ending is Ending.GRANTED:
+                waiter.set_result(Handoff(request, _grants_of(request, outcome)))
+            else:
+                waiter.set_exception(_ending_error(outcome.ending, request, outcome.detail))
+
     def _emit(
         self,
         kind: EventKind,
@@ -432,6 +477,8 @@ class LockManager:
                 if worker == 0 and time.monotonic() >= next_housekeeping:
                     next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
                     await self._housekeeping()
+                if worker == 0 and self._catch_up_due:
+                    await self._catch_up()
             except LockError as exc:
                 self.stats.error(str(exc.code))
                 log.error("sweep failed: %s", exc)
@@ -501,6 +548,17 @@ def _check_slow(what: str, started: float) -> None:
     elapsed = time.perf_counter() - started
     if elapsed > SLOW_OPERATION_SECONDS:
         log.warning("slow operation detected: %s took %.0f ms", what, elapsed * 1000)
+
+
+def _grants_of(request: Request, outcome: Outcome) -> tuple[Grant, ...]:
+    """The grants a `granted` outcome stands for, rebuilt from its tokens (a catch-up has the
+    outcome, not the grant rows): acquired when the outcome was recorded, with its lease."""
+    at = outcome.finished_at
+    lease = at + request.lease_seconds if request.lease_seconds else None
+    return tuple(
+        Grant(key, request.owner, token, at, lease, request.id)
+        for key, token in sorted(outcome.tokens.items())
+    )
 
 
 def _holders(grants: Sequence[Grant]) -> list[dict[str, object]]:

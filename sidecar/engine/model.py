@@ -26,18 +26,22 @@ class Priority(IntEnum):
 class Owner:
     """Who holds or waits: a pull request (`repo#pull`) or a named client.
 
-    Two owners are the same owner exactly when their ids are equal; `repo`, `pull` and `user`
-    only describe a pull-request owner for Atlantis-shaped answers.
+    Two owners are the same owner exactly when their ids are equal; `repo`, `pull`, `user` and
+    `url` (the pull request's web page) only describe a pull-request owner for Atlantis-shaped
+    answers (`/api/locks`, the lock page). `url` came later: JSON without it still loads.
     """
 
     id: str
     repo: str | None = None
     pull: int | None = None
     user: str | None = None
+    url: str | None = None
 
     @classmethod
-    def pull_request(cls, repo: str, pull: int, user: str | None = None) -> Owner:
-        return cls(id=f"{repo}#{pull}", repo=repo, pull=pull, user=user)
+    def pull_request(
+        cls, repo: str, pull: int, user: str | None = None, url: str | None = None
+    ) -> Owner:
+        return cls(id=f"{repo}#{pull}", repo=repo, pull=pull, user=user, url=url)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id}
@@ -47,12 +51,18 @@ class Owner:
             out["pull"] = self.pull
         if self.user is not None:
             out["user"] = self.user
+        if self.url is not None:
+            out["url"] = self.url
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Owner:
         return cls(
-            id=data["id"], repo=data.get("repo"), pull=data.get("pull"), user=data.get("user")
+            id=data["id"],
+            repo=data.get("repo"),
+            pull=data.get("pull"),
+            user=data.get("user"),
+            url=data.get("url"),
         )
 
 

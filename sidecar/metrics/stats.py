@@ -100,6 +100,11 @@ class EngineStats:
             "Lock events dropped because plugins lagged.",
             registry=r,
         )
+        self.divergences_total = Counter(
+            "atlantis_lock_divergences",
+            "Atlantis locks that Atlantis and the engine both hold for different owners (EL006).",
+            registry=r,
+        )
         self._granted = self.locks_total.labels("granted")  # the hot path's child, looked up once
         self._latencies: deque[float] = deque(maxlen=WINDOW)
         self.counts: dict[str, int] = {
@@ -116,6 +121,7 @@ class EngineStats:
             "errors_total": 0,
             "plugin_errors_total": 0,
             "events_dropped_total": 0,
+            "divergences_total": 0,
         }
         self.queue_depth = 0
 
@@ -165,6 +171,11 @@ class EngineStats:
     def event_dropped(self) -> None:
         self._count("events_dropped_total")
         self.events_dropped_total.inc()
+
+    def divergence(self) -> None:
+        """A key Atlantis and the engine both hold for different owners (reported once)."""
+        self._count("divergences_total")
+        self.divergences_total.inc()
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth = depth

@@ -1,0 +1,485 @@
+"""`locks benchmark` on Redis: the floor, the peers on the same Redis, and handoffs that cross
+from one sidecar replica to another.
+
+- **floor**: a bare `SET key value NX PX` + `DEL` pair with redis-py's asyncio client, as many
+  tasks as the engine has workers and the same connection settings: what the storage costs with
+  nothing of ours around it.
+- **peers**: redis-py's `Lock` and python-redis-lock's `redis_lock.Lock` (the most used lock
+  library; installed only to run this, never a dependency of the sidecar), each from as many
+  threads as the engine has workers, one process, like the engine.
+- **handoff across two replicas**: two engines in this process, each with its own backend (its
+  own replica id, connections and pub/sub subscriber): the holder releases on one, the waiter on
+  the other is granted. python-redis-lock's handoff is measured the way its users see it: the
+  holder releases, and a waiter blocked in another process returns from `acquire`.
+
+Everything lives under a scratch key prefix (`<key-prefix>bench-<pid>:`), removed at the end; the
+live lock space under `key-prefix` itself is never read or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection as Pipe
+from typing import TYPE_CHECKING, Any
+
+from sidecar.cli.benchmark import (
+    MAX_HANDOFFS,
+    MAX_PAIRS,
+    WARMUP_HANDOFFS,
+    WARMUP_PAIRS,
+    BenchmarkError,
+    Context,
+    Measured,
+    _grab,
+    _handoffs,
+    _let_go,
+    _pairs,
+    _progress,
+    _running,
+    _until,
+)
+from sidecar.config import RedisSettings, Settings
+from sidecar.config.checks import split_host_port
+from sidecar.engine.model import Owner
+
+if TYPE_CHECKING:
+    import redis
+
+TARGET_PEER_RATIO = 1.0
+TARGET_REPLICA_HANDOFF_P50_MS = 2.0
+#: How long a lock key of a peer lives if the benchmark dies holding it.
+PEER_EXPIRE_SECONDS = 10
+#: How long python-redis-lock's waiter may take to block in BLPOP before we call it a bug.
+BLOCKED_TIMEOUT = 5.0
+MISSING_PEER = (
+    "python-redis-lock is not installed, so it is not measured: `pip install python-redis-lock`"
+    " into this venv to compare (only this benchmark uses it; the sidecar does not need it)"
+)
+
+
+def scratch_prefix(settings: Settings) -> str:
+    return f"{settings.redis.key_prefix}bench-{os.getpid()}:"
+
+
+def _tagged(ctx: Context, what: str) -> str:
+    """A peer's key: under the scratch prefix and in the engine's hash tag (same Cluster slot,
+    so every measurement talks to the same Redis node)."""
+    return f"{scratch_prefix(ctx.settings)}{{locks}}:{what}"
+
+
+# -- the floor -----------------------------------------------------------------------------------
+
+
+async def redis_floor(ctx: Context) -> tuple[Measured, str]:
+    from plugins.backends.redis.connection import build_client
+
+    client, sentinels = build_client(ctx.settings.redis, "atlantis-sidecar-bench-floor")
+    try:
+
+        async def pair(worker: int) -> None:
+            key = _tagged(ctx, f"floor:{worker}")
+            if not await client.set(key, "bench", nx=True, px=PEER_EXPIRE_SECONDS * 1000):
+                raise BenchmarkError(f"floor: SET NX of {key!r} found the key already set")
+            await client.delete(key)
+
+        return await _pairs(ctx.concurrency, ctx.seconds, pair), ""
+    finally:
+        for c in [client, *sentinels]:
+            await c.aclose()
+
+
+async def transport_floor(ctx: Context) -> Measured:
+    """The same pair on the backend's own transport (RESP written on its pooled connections,
+    no redis-py command layer): the floor a lock engine with that transport could reach."""
+    from plugins.backends.redis.connection import Connection
+    from plugins.backends.redis.resp import Prefix
+
+    conn = Connection(ctx.settings.redis, "atlantis-sidecar-bench-transport")
+    set_nx, delete = Prefix.of("SET"), Prefix.of("DEL")
+    try:
+
+        async def pair(worker: int) -> None:
+            key = _tagged(ctx, f"transport:{worker}")
+            if (
+                await conn.command(set_nx, key, "bench", "NX", "PX", PEER_EXPIRE_SECONDS * 1000)
+                is None
+            ):
+                raise BenchmarkError(f"floor: SET NX of {key!r} found the key already set")
+            await conn.command(delete, key)
+
+        return await _pairs(ctx.concurrency, ctx.seconds, pair)
+    finally:
+        await conn.close()
+
+
+# -- peers (synchronous libraries, one thread per worker) ----------------------------------------
+
+
+def sync_client(settings: RedisSettings) -> redis.Redis | redis.RedisCluster:
+    """A synchronous redis-py client for the configured deployment (the peers are sync)."""
+    import redis
+    from redis.cluster import ClusterNode
+    from redis.sentinel import Sentinel
+
+    kwargs: dict[str, Any] = {
+        "username": settings.username or None,
+        "password": settings.password or None,
+        "socket_connect_timeout": settings.dial_timeout,
+        "socket_timeout": settings.dial_timeout + settings.write_timeout + settings.read_timeout,
+    }
+    if settings.tls:
+        skip = settings.tls_insecure_skip_verify
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=settings.tls_ca_file or None,
+            ssl_cert_reqs="none" if skip else "required",
+            ssl_check_hostname=not skip,
+        )
+    if settings.cluster_nodes:
+        nodes = [
+            ClusterNode(*split_host_port(n))  # type: ignore[no-untyped-call]
+            for n in settings.cluster_nodes
+        ]
+        return redis.RedisCluster(startup_nodes=nodes, **kwargs)
+    if settings.sentinel.nodes:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [split_host_port(n) for n in settings.sentinel.nodes]
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            settings.sentinel.master_name, db=settings.db, **kwargs
+        )
+        return master
+    return redis.Redis(host=settings.host, port=settings.port, db=settings.db, **kwargs)
+
+
+def _thread_pairs(concurrency: int, seconds: float, pair: Callable[[int], None]) -> Measured:
+    """`concurrency` threads each repeat `pair(worker)` until time or MAX_PAIRS is up."""
+    samples: list[float] = []
+    guard = threading.Lock()
+    start = deadline = 0.0
+    go = threading.Barrier(concurrency + 1)
+
+    def run(worker: int) -> None:
+        for _ in range(WARMUP_PAIRS):
+            pair(worker)
+        go.wait()
+        go.wait()
+        mine: list[float] = []
+        while len(mine) * concurrency < MAX_PAIRS:
+            began = time.perf_counter()
+            if began >= deadline:
+                break
+            pair(worker)
+            mine.append(time.perf_counter() - began)
+        with guard:
+            samples.extend(mine)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(run, n) for n in range(concurrency)]
+        go.wait()  # everyone warmed up
+        start = time.perf_counter()
+        deadline = start + seconds
+        go.wait()
+        for future in futures:
+            future.result()
+    elapsed = time.perf_counter() - start
+    samples.sort()
+    return Measured(len(samples), elapsed, samples)
+
+
+def bare_pairs(ctx: Context) -> Measured:
+    """The floor measured like the peers: SET NX PX + DEL from threads, synchronous client."""
+    client = sync_client(ctx.settings.redis)
+    try:
+
+        def pair(worker: int) -> None:
+            key = _tagged(ctx, f"bare:{worker}")
+            if not client.set(key, "bench", nx=True, px=PEER_EXPIRE_SECONDS * 1000):
+                raise BenchmarkError(f"bare pair: SET NX of {key!r} found the key already set")
+            client.delete(key)
+
+        return _thread_pairs(ctx.concurrency, ctx.seconds, pair)
+    finally:
+        client.close()
+
+
+def redis_py_lock_pairs(ctx: Context) -> Measured:
+    client = sync_client(ctx.settings.redis)
+    try:
+        locks = [
+            client.lock(_tagged(ctx, f"redis-py:{n}"), timeout=PEER_EXPIRE_SECONDS)
+            for n in range(ctx.concurrency)
+        ]
+
+        def pair(worker: int) -> None:
+            if not locks[worker].acquire(blocking=True, blocking_timeout=5):
+                raise BenchmarkError("redis-py Lock: not acquired within 5 s")
+            locks[worker].release()
+
+        return _thread_pairs(ctx.concurrency, ctx.seconds, pair)
+    finally:
+        client.close()
+
+
+def python_redis_lock_pairs(ctx: Context) -> Measured:
+    import redis_lock
+
+    client = sync_client(ctx.settings.redis)
+    try:
+        locks = [
+            redis_lock.Lock(client, _tagged(ctx, f"prl:{n}"), expire=PEER_EXPIRE_SECONDS)
+            for n in range(ctx.concurrency)
+        ]
+
+        def pair(worker: int) -> None:
+            if not locks[worker].acquire(blocking=True, timeout=5):
+                raise BenchmarkError("python-redis-lock: not acquired within 5 s")
+            locks[worker].release()
+
+        return _thread_pairs(ctx.concurrency, ctx.seconds, pair)
+    finally:
+        client.close()
+
+
+def _prl_waiter(settings: RedisSettings, name: str, pipe: Pipe) -> None:
+    """In another process: on each "wait", block in acquire, note when it returned, release."""
+    import redis_lock
+
+    client = sync_client(settings)
+    lock = redis_lock.Lock(client, name, expire=PEER_EXPIRE_SECONDS)
+    try:
+        while pipe.recv() == "wait":
+            lock.acquire(blocking=True)
+            returned = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+            lock.release()
+            pipe.send(returned)
+    finally:
+        client.close()
+
+
+def _blocked_clients(client: redis.Redis | redis.RedisCluster, key: str) -> int:
+    """How many clients are blocked (BLPOP) on the node that holds `key`."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        clients = client.client_list(target_nodes=node)
+    else:
+        clients = client.client_list()
+    return sum("b" in c.get("flags", "") for c in clients)
+
+
+def python_redis_lock_handoffs(ctx: Context) -> Measured:
+    """The holder (here) releases; a waiter blocked in another process returns from acquire."""
+    import redis_lock
+
+    name = _tagged(ctx, "prl:handoff")
+    client = sync_client(ctx.settings.redis)
+    lock = redis_lock.Lock(client, name, expire=PEER_EXPIRE_SECONDS)
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    waiter = spawn.Process(target=_prl_waiter, args=(ctx.settings.redis, name, theirs), daemon=True)
+    waiter.start()
+    try:
+
+        def one_round() -> float:
+            lock.acquire(blocking=True)
+            ours.send("wait")
+            give_up = time.monotonic() + BLOCKED_TIMEOUT
+            while _blocked_clients(client, "lock-signal:" + name) == 0:
+                if time.monotonic() > give_up or not waiter.is_alive():
+                    raise BenchmarkError("python-redis-lock handoff: the waiter never blocked")
+                time.sleep(0.0002)
+            released = time.monotonic()
+            lock.release()
+            if not ours.poll(BLOCKED_TIMEOUT):
+                raise BenchmarkError("python-redis-lock handoff: the waiter never returned")
+            returned: float = ours.recv()
+            return returned - released
+
+        for _ in range(WARMUP_HANDOFFS):
+            one_round()
+        samples: list[float] = []
+        start = time.perf_counter()
+        deadline = start + ctx.seconds
+        while len(samples) < MAX_HANDOFFS and time.perf_counter() < deadline:
+            samples.append(one_round())
+        elapsed = time.perf_counter() - start
+    finally:
+        ours.send("stop")
+        waiter.join(5)
+        if waiter.is_alive():
+            waiter.kill()
+        client.close()
+    samples.sort()
+    return Measured(len(samples), elapsed, samples)
+
+
+# -- our handoff across two replicas -------------------------------------------------------------
+
+
+async def replica_handoffs(ctx: Context) -> Measured:
+    """Two engines, two backends (two replica ids, two pub/sub subscribers), one key: the holder
+    releases on its replica, the waiter queued on the other replica is granted."""
+    async with _running(ctx.runtime("replica-a")) as a, _running(ctx.runtime("replica-b")) as b:
+        engines = (a, b)
+        key = f"{ctx.prefix}across-replicas"
+        owners = (Owner(f"bench-{os.getpid()}-ra"), Owner(f"bench-{os.getpid()}-rb"))
+
+        async def queued() -> bool:
+            return bool((await a.backend.key_state(key, max_waiting=1)).waiting)
+
+        async def one_round(holder: int) -> float:
+            other = 1 - holder
+            waiter = asyncio.create_task(_grab(engines[other], key, owners[other]))
+            await _until(queued, waiter, "handoff across replicas")
+            released = time.perf_counter()
+            await engines[holder].release(owners[holder].id, [key])
+            return (await waiter) - released
+
+        try:
+            await _grab(a, key, owners[0])
+            return await _handoffs(ctx.seconds, one_round)
+        finally:
+            await _let_go(a, owners)
+
+
+# -- putting it together -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    transport_floor: Measured
+    bare: Measured
+    redis_py: Measured
+    python_redis_lock: Measured | None
+    replica_handoffs: Measured
+    python_redis_lock_handoffs: Measured | None
+
+
+async def measure_peers(ctx: Context) -> Peers:
+    logging.getLogger("redis_lock").setLevel(logging.WARNING)  # it logs every acquire at INFO
+    loop = asyncio.get_running_loop()
+    have_prl = importlib.util.find_spec("redis_lock") is not None
+    _progress(f"the floor on the backend's transport ({ctx.seconds:g}s)")
+    transport = await transport_floor(ctx)
+    _progress(f"peer bare SET NX PX + DEL pairs ({ctx.seconds:g}s)")
+    bare = await loop.run_in_executor(None, bare_pairs, ctx)
+    _progress(f"peer redis-py Lock pairs ({ctx.seconds:g}s)")
+    redis_py = await loop.run_in_executor(None, redis_py_lock_pairs, ctx)
+    prl = prl_handoffs = None
+    if have_prl:
+        _progress(f"peer python-redis-lock pairs ({ctx.seconds:g}s)")
+        prl = await loop.run_in_executor(None, python_redis_lock_pairs, ctx)
+    _progress(f"handoffs across two replicas ({ctx.seconds:g}s)")
+    replicas = await replica_handoffs(ctx)
+    if have_prl:
+        _progress(f"peer python-redis-lock handoffs ({ctx.seconds:g}s)")
+        prl_handoffs = await loop.run_in_executor(None, python_redis_lock_handoffs, ctx)
+    return Peers(transport, bare, redis_py, prl, replicas, prl_handoffs)
+
+
+def report(ctx: Context, in_process: Measured, peers: Peers) -> list[str]:
+    """The Redis part of the report: peer figures, ratios, then (after a blank) target lines."""
+    from sidecar.cli.benchmark import _handoff_line, _ratio
+
+    threads = f"{ctx.concurrency} threads, one process"
+    raw = peers.transport_floor
+    lines = [
+        f"floor on the backend's transport: {raw.rate:.1f} pairs/s  {raw.percentiles()}"
+        f"  ({raw.count} pairs; the same SET NX PX + DEL written as RESP on the backend's own"
+        " pooled connections, as the backend sends its calls)",
+        f"ratio in-process/floor on the backend's transport: {_ratio(in_process.rate / raw.rate)}",
+        f"peer bare SET NX PX + DEL: {peers.bare.rate:.1f} pairs/s  {peers.bare.percentiles()}"
+        f"  ({peers.bare.count} pairs, {threads}: the floor measured like the peers below)",
+        f"peer redis-py Lock: {peers.redis_py.rate:.1f} pairs/s  {peers.redis_py.percentiles()}"
+        f"  ({peers.redis_py.count} pairs, {threads})",
+    ]
+    prl = peers.python_redis_lock
+    if prl is None:
+        lines.append(f"peer python-redis-lock: {MISSING_PEER}")
+    else:
+        lines.append(
+            f"peer python-redis-lock: {prl.rate:.1f} pairs/s  {prl.percentiles()}"
+            f"  ({prl.count} pairs, {threads})"
+        )
+    lines.append(
+        _handoff_line(
+            "handoff across two replicas (release on one -> waiter on the other granted)",
+            peers.replica_handoffs,
+        )
+    )
+    if peers.python_redis_lock_handoffs is not None:
+        lines.append(
+            _handoff_line(
+                "handoff python-redis-lock (release -> waiter blocked in another process returns)",
+                peers.python_redis_lock_handoffs,
+            )
+        )
+    lines.append(
+        f"ratio in-process/peer bare SET NX PX + DEL: {_ratio(in_process.rate / peers.bare.rate)}"
+    )
+    lines.append(f"ratio in-process/redis-py Lock: {_ratio(in_process.rate / peers.redis_py.rate)}")
+    if prl is not None:
+        lines.append(f"ratio in-process/python-redis-lock: {_ratio(in_process.rate / prl.rate)}")
+    return lines
+
+
+def targets(in_process: Measured, peers: Peers) -> list[str]:
+    from sidecar.cli.benchmark import _ratio
+
+    lines = []
+    prl = peers.python_redis_lock
+    if prl is None:
+        lines.append("  in-process/python-redis-lock: n/a (python-redis-lock not installed)")
+    else:
+        ratio = in_process.rate / prl.rate
+        verdict = "ok" if ratio >= TARGET_PEER_RATIO else "below target"
+        lines.append(
+            f"  in-process/python-redis-lock = {_ratio(ratio)}"
+            f" (target >= {TARGET_PEER_RATIO:g}): {verdict}"
+        )
+    p50 = peers.replica_handoffs.ms(50)
+    verdict = "ok" if p50 <= TARGET_REPLICA_HANDOFF_P50_MS else "below target"
+    theirs = peers.python_redis_lock_handoffs
+    versus = (
+        f"; python-redis-lock's p50 is {theirs.ms(50):.3f} ms"
+        f" ({'beaten' if p50 < theirs.ms(50) else 'not beaten'})"
+        if theirs is not None
+        else ""
+    )
+    lines.append(
+        f"  handoff across replicas p50 = {p50:.3f} ms"
+        f" (target <= {TARGET_REPLICA_HANDOFF_P50_MS:g} ms): {verdict}{versus}"
+    )
+    return lines
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+async def remove_scratch_keys(settings: Settings) -> int:
+    """Delete every key the benchmark wrote (ours under the scratch prefix, and the peers')."""
+    from plugins.backends.redis.connection import build_client
+
+    prefix = scratch_prefix(settings)
+    client, sentinels = build_client(settings.redis, "atlantis-sidecar-bench-cleanup")
+    removed = 0
+    try:
+        for pattern in (prefix, "lock:" + prefix, "lock-signal:" + prefix):
+            async for key in client.scan_iter(match=_glob_escaped(pattern) + "*", count=500):
+                removed += await client.delete(key)
+    finally:
+        for c in [client, *sentinels]:
+            await c.aclose()
+    return removed
