@@ -305,3 +305,16 @@ def test_credentials_in_the_upstream_url_never_reach_a_request_or_an_answer() ->
     assert str(target(settings, "/lock?id=a%252Fb")) == "http://127.0.0.1:4142/lock?id=a%252Fb"
     failure = classify(aiohttp.ServerDisconnectedError(), settings)
     assert "hunter2" not in failure.reason and "127.0.0.1:4142" in failure.reason
+
+
+async def test_metrics_path_is_atlantis_again_while_sidecar_metrics_are_off(
+    tmp_path: Path,
+) -> None:
+    async with proxy_stack(tmp_path, metrics=False) as stack:
+        async with stack.http.get(f"{stack.url}/metrics") as resp:
+            assert resp.status == 404
+            assert await resp.text() == "404 page not found\n"  # the fake Atlantis's answer
+        stack.reload(metrics=True)
+        async with stack.http.get(f"{stack.url}/metrics") as resp:
+            assert resp.status == 200
+            assert "atlantis_locks_total" in await resp.text()

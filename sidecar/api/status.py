@@ -150,10 +150,13 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
 
-async def prometheus(request: web.Request) -> web.Response:
+async def prometheus(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     if not runtime.settings.metrics:
-        raise web.HTTPNotFound()
+        # Off: the path is Atlantis's again (it may serve its own metrics there).
+        from sidecar.proxy.stream import forward
+
+        return await forward(request)
     return web.Response(
         body=generate_latest(runtime.stats.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
