@@ -7,7 +7,8 @@ waits for a key of a later owner, so the graph is large and acyclic), it times:
 - a 2-cycle from the moment it closes to the victim's EL004, through the real LockManager.
 The peer is PostgreSQL's `deadlock_timeout`: it waits 1 s before it even looks.
 
-    .venv/bin/python benchmarks/deadlock_bench.py [--sizes 1000,10000] [--backends memory]
+    .venv/bin/python benchmarks/deadlock_bench.py [--sizes 1000,10000] [--backends memory,redis]
+        [--redis-port 6390]   (redis: a scratch redis-server on 127.0.0.1; its data is left there)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import random
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from sidecar.config import Settings
@@ -35,10 +37,15 @@ from sidecar.runtime import detector_settings, engine_settings, overflow_policy
 POSTGRES_DEADLOCK_TIMEOUT_MS = 1000.0
 
 
-async def build(backend_name: str, data_dir: Path, plugins: Plugins) -> LockManager:
+async def build(
+    backend_name: str, data_dir: Path, plugins: Plugins, redis_port: int = 6379
+) -> LockManager:
     settings = Settings(backend=backend_name, data_dir=str(data_dir))
     settings = dataclasses.replace(
         settings,
+        redis=dataclasses.replace(
+            settings.redis, port=redis_port, key_prefix=f"deadlock-bench:{uuid.uuid4().hex}:"
+        ),
         batch_processing=True,
         batch_size=500,
         queue_config=dataclasses.replace(settings.queue_config, max_queue_size=1_000_000),
@@ -80,10 +87,10 @@ def ms(seconds: float) -> float:
     return seconds * 1000
 
 
-async def measure(backend_name: str, n: int, plugins: Plugins) -> None:
+async def measure(backend_name: str, n: int, plugins: Plugins, redis_port: int) -> None:
     rng = random.Random(n)
     with tempfile.TemporaryDirectory() as tmp:
-        engine = await build(backend_name, Path(tmp), plugins)
+        engine = await build(backend_name, Path(tmp), plugins, redis_port)
         detector = DeadlockDetector(engine, detector_settings(plugins, Settings()), engine.stats)
         try:
             started = time.perf_counter()
@@ -134,12 +141,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--backends", default="memory,sqlite")
+    parser.add_argument("--redis-port", type=int, default=6379, help="a scratch redis-server")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # one "deadlock detected" line per resolved cycle otherwise
     plugins = Plugins.load(env={}, entry_points=False)
     for backend_name in args.backends.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
-            await measure(backend_name, n, plugins)
+            await measure(backend_name, n, plugins, args.redis_port)
 
 
 if __name__ == "__main__":
