@@ -53,6 +53,17 @@ async def token(engine: LockManager, key: str) -> int:
     return state.grant.token
 
 
+async def served_after(engine: LockManager, key: str, first: str, count: int) -> list[str]:
+    """Release `key` `count` times, starting with `first`: who got it each time."""
+    order = []
+    current = first
+    for _ in range(count):
+        await engine.release(current, [key])
+        current = await holder(engine, key) or ""
+        order.append(current)
+    return order
+
+
 async def test_free_key_is_granted_with_first_fencing_token(make_engine: MakeEngine) -> None:
     engine = await make_engine()
     result = await take(engine, "k", "alice")
@@ -80,12 +91,7 @@ async def test_equal_priorities_are_served_first_come_first_served(
     await take(engine, "k", "holder")
     for name in ["b", "c", "d", "e"]:
         assert isinstance(await take(engine, "k", name), StillQueued)
-    order = []
-    current = "holder"
-    for _ in range(4):
-        await engine.release(current, ["k"])
-        current = await holder(engine, "k") or ""
-        order.append(current)
+    order = await served_after(engine, "k", "holder", 4)
     assert order == ["b", "c", "d", "e"]
 
 
@@ -96,12 +102,7 @@ async def test_higher_priority_is_served_first(make_engine: MakeEngine) -> None:
     await take(engine, "k", "normal", Priority.NORMAL)
     await take(engine, "k", "critical", Priority.CRITICAL)
     await take(engine, "k", "high", Priority.HIGH)
-    order = []
-    current = "holder"
-    for _ in range(4):
-        await engine.release(current, ["k"])
-        current = await holder(engine, "k") or ""
-        order.append(current)
+    order = await served_after(engine, "k", "holder", 4)
     assert order == ["critical", "high", "normal", "low"]
 
 
