@@ -88,11 +88,9 @@ async def test_a_release_on_one_replica_wakes_the_waiter_on_another_at_once(
     waiter = asyncio.create_task(second.acquire(request, wait))
     await wait_until(lambda: request.id in second._waiters and not waiter.done())
     await asyncio.sleep(0.05)
-    released = time.perf_counter()
     await first.release("alice", ["k"])
+    # These engines run no sweeper, so no catch-up either: only the notification can wake it.
     result = await asyncio.wait_for(waiter, 5)
-    # Far sooner than the one-second catch-up: the notification woke it.
-    assert time.perf_counter() - released < 0.5
     assert isinstance(result, Granted) and [g.token for g in result.grants] == [2]
 
 
@@ -377,13 +375,13 @@ async def test_a_waiter_evicted_by_another_replica_hears_EL005_at_once(
     waiter = asyncio.create_task(first.acquire(request, wait))
     await wait_until(lambda: request.id in first._waiters)
     await asyncio.sleep(0.05)
-    evicted_at = time.perf_counter()
     newcomer = await take(second, "k", "new")  # the queue is full: the oldest waiter goes
     assert isinstance(newcomer, StillQueued)
+    # No sweeper runs here (so no catch-up), and its own wait is 30 s: only the other replica's
+    # notification can end it within 5 s.
     with pytest.raises(LockError) as evicted:
         await asyncio.wait_for(waiter, 5)
     assert (evicted.value.code, evicted.value.status) == (Code.QUEUE_OVERFLOW, 429)
-    assert time.perf_counter() - evicted_at < 0.5  # told by the other replica, not caught up
 
 
 def test_a_key_prefix_with_braces_is_a_configuration_problem() -> None:

@@ -30,14 +30,9 @@ AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 def redis_settings(port: int, **changes: Any) -> Settings:
+    defaults: dict[str, Any] = {"dial_timeout": 1.0, "retry_delay": 0.1, "max_retries": 3}
     table = dataclasses.replace(
-        RedisSettings(),
-        port=port,
-        key_prefix="failures:",
-        dial_timeout=1.0,
-        retry_delay=0.1,
-        max_retries=3,
-        **changes,
+        RedisSettings(), port=port, key_prefix="failures:", **{**defaults, **changes}
     )
     return dataclasses.replace(Settings(), backend="redis", redis=table)
 
@@ -204,4 +199,33 @@ def test_redis_restarted_from_its_append_only_file_keeps_grants_queue_and_tokens
             _, state = call(sidecar.url, "GET", f"/requests/{queued['request_id']}")
             assert state["state"] == "granted" and state["outcome"]["tokens"] == {"k": 4}
     finally:
+        server.stop()
+
+
+async def test_a_redis_that_stops_answering_is_cut_off_at_the_attempt_bound(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    settings = redis_settings(
+        server.port, dial_timeout=0.2, read_timeout=0.3, write_timeout=0.2, max_retries=0
+    )
+    backend = RedisBackend(settings.redis)
+    await backend.start()
+    try:
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "PAUSE", 3000, "ALL")  # accepts, never answers
+        started = time.monotonic()
+        with pytest.raises(LockError) as hung:
+            await backend.ping()
+        elapsed = time.monotonic() - started
+        assert (
+            "no answer within 0.7s" in str(hung.value)
+            and hung.value.code is Code.BACKEND_UNAVAILABLE
+        )
+        assert 0.6 < elapsed < 0.7 + 1.0  # the bound, plus the watchdog's tick and a slow VM
+        with server.client() as admin:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        await backend.ping()  # and it works again at once
+    finally:
+        await backend.close()
         server.stop()

@@ -8,11 +8,11 @@
 Every call runs with the configured timeouts - `dial-timeout` bounds opening a connection, and each
 attempt as a whole is bounded by `dial-timeout` + `write-timeout` + `read-timeout` - and is retried
 at most `max-retries` times on connection errors, after `retry-delay`, doubling, each retry logged
-as "connection retry". Then it fails with EL001. (redis-py's own socket timeout is left unset on
+as "connection retry". Then it fails with EL001. redis-py's own socket timeout is left unset on
 purpose: under Python 3.11 it sends through `asyncio.wait_for`, which can swallow the
-cancellation of the calling task, so a sweeper being stopped would run on. `asyncio.timeout`
-around the whole attempt has no such flaw.)
-redis-py's own retries are switched off so that this is the only retry loop. Authentication
+cancellation of the calling task (a sweeper being stopped would run on); a `Watchdog` bounds the
+whole attempt instead. redis-py's own retries are switched off so that this is the only retry
+loop. Authentication
 failures are not retried (they cannot heal by themselves) and say what to check. Passwords never
 appear in a message: redis-py's errors do not contain them and we never format the settings.
 """

@@ -1,5 +1,5 @@
--- The backend operations (sidecar/backends/base.py), each one call of this script: one atomic
--- step in Redis. Appended to lib.lua. Every operation answers one JSON string.
+-- The backend operations (sidecar/backends/base.py), each one call of the library: one atomic
+-- step in Redis. Appended to lib.lua; S.main dispatches. Every operation answers one JSON string.
 
 -- The answer to an acquire: what the caller does not already know, and only what is set. The
 -- request goes back only when it changed (queued: it got its sequence number).
@@ -352,6 +352,17 @@ function S.edges_present(edges)
   return S.arr(present)
 end
 
+-- This replica has answered the callers of these handed-on requests: their grants are claimed.
+-- Answers the ids whose grant had already been revoked (claimed too late).
+function S.confirm(ids)
+  local late = {}
+  for _, id in ipairs(ids) do
+    local o = S.claim(id)
+    if not o or o.ending ~= 'granted' then S.push(late, id) end
+  end
+  return S.arr(late)
+end
+
 function S.rest(from)
   local out = {}
   for i = from, #S.ARGV do out[#out + 1] = S.ARGV[i] end
@@ -391,6 +402,8 @@ function S.main(argv)
     return S.request_state(ARGV[S.A])
   elseif S.OP == 'claim' then
     return S.enc(S.claim(ARGV[S.A]) or S.NULL)
+  elseif S.OP == 'confirm' then
+    return S.confirm(S.rest(S.A))
   elseif S.OP == 'key_state' then
     return S.key_state(ARGV[S.A], tonumber(ARGV[S.A + 1]))
   elseif S.OP == 'list_grants' then

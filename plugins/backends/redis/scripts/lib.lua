@@ -1,4 +1,4 @@
--- The lock store and the lock rules, in Lua, run inside one script call (one atomic step).
+-- The lock store and the lock rules, in Lua; each call (FCALL or EVALSHA) is one atomic step.
 --
 -- This is a line-by-line port of sidecar/engine/rules.py (the reference) onto Redis structures;
 -- engine.lua, appended after this file, holds the operations and their dispatch. Every key is
@@ -110,7 +110,7 @@ function S.change_json(c)
   if #c.granted > 0 then
     local granted = {}
     for i, h in ipairs(c.granted) do
-      granted[i] = '{"request":' .. S.enc(h.request) .. ',"grants":' .. S.arr(h.grants) .. '}'
+      granted[i] = h.json or ('{"request":' .. S.enc(h.request) .. ',"grants":' .. S.arr(h.grants) .. '}')
     end
     parts[1] = '"granted":[' .. table.concat(granted, ',') .. ']'
   end
@@ -207,8 +207,9 @@ function S.add_request(r)
   if r.replica ~= '' then redis.call('SADD', S.k_replica_requests(r.replica), r.id) end
 end
 
-function S.remove_request(id)
-  local r = S.get_request(id)
+-- `loaded`: the request, when this call has already read it.
+function S.remove_request(id, loaded)
+  local r = loaded or S.get_request(id)
   if not r then return nil end
   redis.call('HDEL', S.K_REQUESTS, id)
   local m = S.member(r)
@@ -289,14 +290,19 @@ function S.enqueue(r)
   return r
 end
 
-function S.grantable(r, known)
+-- `settled`: a key already known to be free with `r` at the head of its queue.
+function S.grantable(r, known, settled)
   for _, key in ipairs(r.keys) do
-    local g = S.grant_of(key)
-    known[key] = g or false
-    if g and g.owner.id ~= r.owner.id then return false end
-    if not g then
-      local head = S.queue_head(key)
-      if head and head ~= r.id then return false end
+    if key == settled then
+      known[key] = false
+    else
+      local g = S.grant_of(key)
+      known[key] = g or false
+      if g and g.owner.id ~= r.owner.id then return false end
+      if not g then
+        local head = S.queue_head(key)
+        if head and head ~= r.id then return false end
+      end
     end
   end
   return true
@@ -318,19 +324,24 @@ function S.hand_on(keyset, freed)
       local head = S.queue_head(key)
       local r = head and S.get_request(head)
       local known = {}
-      if r and S.grantable(r, known) then
-        S.remove_request(r.id)
+      if r and S.grantable(r, known, key) then
+        S.remove_request(r.id, r)
         local grants = S.grant_request(r, known)
         for _, g in ipairs(grants) do taken[g.key] = true end
-        S.record_outcome({
-          request_id = r.id, ending = 'granted', finished_at = S.NOW_S, tokens = S.tokens_of(grants),
-          detail = '', request = r, grants = grants, replica = r.replica or '',
-        })
+        -- The request and its grants are encoded once, for the outcome, the notification and
+        -- the answer alike.
+        local body = '"request":' .. S.enc(r) .. ',"grants":' .. S.arr(grants)
+        local id = S.enc(r.id)
+        redis.call('HSET', S.K_OUTCOMES, r.id, '{"request_id":' .. id
+          .. ',"ending":"granted","finished_at":' .. S.enc(S.NOW_S) .. ',"tokens":'
+          .. S.enc(S.tokens_of(grants)) .. ',"detail":"",' .. body .. ',"replica":'
+          .. S.enc(r.replica or '') .. '}')
+        redis.call('ZADD', S.K_OUTCOME_TIMES, S.NOW_S, r.id)
         if S.remote(r) then
           redis.call('ZADD', S.K_PICKUPS, S.fmt(S.NOW + S.PICKUP_SECONDS), r.id)
-          redis.call('PUBLISH', S.channel(r.replica), S.enc({ t = 'g', id = r.id }))
+          redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',' .. body .. '}')
         end
-        S.push(handoffs, { request = r, grants = grants })
+        S.push(handoffs, { request = r, grants = grants, json = '{' .. body .. '}' })
       end
     end
   end
