@@ -128,20 +128,15 @@ def sync_client(settings: RedisSettings) -> redis.Redis | redis.RedisCluster:
     from redis.cluster import ClusterNode
     from redis.sentinel import Sentinel
 
+    from plugins.backends.redis.connection import tls_kwargs
+
     kwargs: dict[str, Any] = {
         "username": settings.username or None,
         "password": settings.password or None,
         "socket_connect_timeout": settings.dial_timeout,
         "socket_timeout": settings.dial_timeout + settings.write_timeout + settings.read_timeout,
     }
-    if settings.tls:
-        skip = settings.tls_insecure_skip_verify
-        kwargs.update(
-            ssl=True,
-            ssl_ca_certs=settings.tls_ca_file or None,
-            ssl_cert_reqs="none" if skip else "required",
-            ssl_check_hostname=not skip,
-        )
+    kwargs.update(tls_kwargs(settings))
     if settings.cluster_nodes:
         nodes = [
             ClusterNode(*split_host_port(n))  # type: ignore[no-untyped-call]

@@ -66,6 +66,19 @@ AUTH_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def tls_kwargs(settings: RedisSettings) -> dict[str, Any]:
+    """redis-py's TLS arguments for the `redis.tls*` settings (none when TLS is off)."""
+    if not settings.tls:
+        return {}
+    skip = settings.tls_insecure_skip_verify
+    return {
+        "ssl": True,
+        "ssl_ca_certs": settings.tls_ca_file or None,
+        "ssl_cert_reqs": "none" if skip else "required",
+        "ssl_check_hostname": not skip,
+    }
+
+
 def _connection_kwargs(settings: RedisSettings, client_name: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "username": settings.username or None,
@@ -77,14 +90,7 @@ def _connection_kwargs(settings: RedisSettings, client_name: str) -> dict[str, A
         "client_name": client_name,
         "decode_responses": False,
     }
-    if settings.tls:
-        skip = settings.tls_insecure_skip_verify
-        kwargs.update(
-            ssl=True,
-            ssl_ca_certs=settings.tls_ca_file or None,
-            ssl_cert_reqs="none" if skip else "required",
-            ssl_check_hostname=not skip,
-        )
+    kwargs.update(tls_kwargs(settings))
     return kwargs
 
 
