@@ -14,7 +14,7 @@ from sidecar.engine.detector import DeadlockDetector, DetectorSettings
 from sidecar.engine.manager import Granted, LockManager, StillQueued
 from sidecar.engine.model import Ending, Owner, Priority, Request
 from sidecar.engine.policies import Cycle, ResolutionPolicy, WaitEdge
-from sidecar.engine.waitgraph import WaitGraph
+from sidecar.engine.waitgraph import WaitGraph, edges_of, may_lie_on_a_cycle
 from sidecar.errors import Code, LockError
 from sidecar.plugin import hookimpl
 from sidecar.plugin.manager import Plugins
@@ -53,6 +53,13 @@ async def queued(
     result = await take(engine, keys, owner, priority)
     assert isinstance(result, StillQueued), f"{owner} was not queued"
     return result.request
+
+
+async def crossed(engine: LockManager) -> tuple[Request, Request]:
+    """alice holds x and waits for y; bob holds y and waits for x (detector not consulted)."""
+    await take(engine, "x", "alice")
+    await take(engine, "y", "bob")
+    return await queued(engine, "y", "alice"), await queued(engine, "x", "bob")
 
 
 async def attempt(
@@ -184,17 +191,56 @@ async def test_a_cycle_through_a_strict_queue_position_is_found(make_engine: Mak
     assert any(not e.held for e in resolution.cycle.edges)
 
 
+async def test_the_sweeps_id_only_edges_are_the_edges_of_a_snapshot(
+    make_engine: MakeEngine,
+) -> None:
+    """`wait_graph` (what the sweep reads) follows the same rule as `edges_of` over a whole
+    snapshot, on random queues with priorities, multi-key requests, re-entrant waits and free
+    keys whose head still waits for another key; also when only the first waiters count."""
+    engine = await make_engine()
+    rng = random.Random(1203)
+    priorities = list(Priority)
+    for _ in range(60):
+        keys = rng.sample([f"k{i}" for i in range(8)], rng.choice([1, 1, 2, 3]))
+        await take(engine, keys, f"o{rng.randrange(10)}", rng.choice(priorities))
+        if rng.random() < 0.15:
+            held = (await engine.backend.list_grants(limit=100)).grants
+            if held:
+                grant = rng.choice(held)
+                await engine.release(grant.owner.id, [grant.key])
+    depth = (await engine.backend.queue_summary()).depth
+    assert depth > 20
+    for limit in (depth + 5, depth // 2):
+        snapshot = await engine.backend.snapshot(now=0, max_waiting=limit)
+        expected = sorted(edge.ref for edge in edges_of(snapshot))
+        assert sorted(await engine.backend.wait_graph(max_waiting=limit)) == expected
+        assert any(not ref.held for ref in expected) and any(ref.held for ref in expected)
+    waiting = [r.id for r in snapshot.waiting[:3]]
+    found = await engine.backend.waiting_requests([*waiting, "no-such-request"])
+    assert found == {r.id: r for r in snapshot.waiting[:3]}
+
+
+async def test_a_cycle_whose_request_left_before_the_sweep_read_it_is_not_resolved(
+    make_engine: MakeEngine,
+) -> None:
+    engine = await make_engine()
+    detector = detector_for(engine, immediate=False)
+    alice_waits, _ = await crossed(engine)
+    [path] = WaitGraph(await engine.backend.wait_graph(max_waiting=100)).cycles()
+    await engine.cancel(alice_waits.id)
+    assert await detector._whole(path) is None
+    assert await detector.sweep() == []  # nothing is left to resolve
+
+
 async def test_a_cycle_that_disappears_before_resolution_is_a_false_positive(
     make_engine: MakeEngine,
 ) -> None:
     engine = await make_engine()
     detector = detector_for(engine, immediate=False)
-    await take(engine, "x", "alice")
-    await take(engine, "y", "bob")
-    alice_waits = await queued(engine, "y", "alice")
-    await queued(engine, "x", "bob")
+    alice_waits, _ = await crossed(engine)
     snapshot = await engine.backend.snapshot(now=0, max_waiting=100)
-    [cycle] = WaitGraph.from_snapshot(snapshot).cycles()
+    [path] = WaitGraph.from_snapshot(snapshot).cycles()
+    cycle = Cycle(path)
     await engine.cancel(alice_waits.id)  # alice gives up on her own: the cycle is gone
     resolution = await detector.resolve(cycle, found_by="test")
     assert (resolution.outcome, resolution.confidence, resolution.victim) == (
@@ -217,7 +263,8 @@ async def test_confidence_at_the_threshold_acts_and_below_it_does_not(
     await queued(engine, "y", "alice")
     bob_waits = await queued(engine, "x", "bob")
     snapshot = await engine.backend.snapshot(now=0, max_waiting=100)
-    [cycle] = WaitGraph.from_snapshot(snapshot).cycles()
+    [path] = WaitGraph.from_snapshot(snapshot).cycles()
+    cycle = Cycle(path)
     await engine.release("bob", ["y"])  # alice's edge to bob goes away: confidence 1/2
     assert (await strict.resolve(cycle, found_by="test")).outcome == "false_positive"
     resolution = await lenient.resolve(cycle, found_by="test")
@@ -230,10 +277,7 @@ async def test_cycles_shorter_than_min_cycle_length_are_not_reported(
 ) -> None:
     engine = await make_engine()
     detector = detector_for(engine, min_cycle_length=3)
-    await take(engine, "x", "alice")
-    await take(engine, "y", "bob")
-    await queued(engine, "y", "alice")
-    await queued(engine, "x", "bob")
+    await crossed(engine)
     assert list(detector.recent) == [] and await detector.sweep() == []
     for owner, key in [("a", "ka"), ("b", "kb"), ("c", "kc")]:
         await take(engine, key, owner)
@@ -246,10 +290,7 @@ async def test_cycles_shorter_than_min_cycle_length_are_not_reported(
 async def test_nothing_happens_while_detection_is_disabled(make_engine: MakeEngine) -> None:
     engine = await make_engine()
     detector = detector_for(engine, enabled=False)
-    await take(engine, "x", "alice")
-    await take(engine, "y", "bob")
-    await queued(engine, "y", "alice")
-    await queued(engine, "x", "bob")
+    await crossed(engine)
     assert list(detector.recent) == []
     assert (await engine.backend.queue_summary()).depth == 2
 
@@ -353,14 +394,19 @@ def test_random_wait_graphs_have_a_victim_exactly_when_they_have_a_cycle() -> No
         graph = WaitGraph(edges)
         cycles = graph.cycles()
         assert bool(cycles) == _has_cycle(nodes, arcs), f"trial {trial}: {sorted(arcs)}"
-        for cycle in cycles:
-            hops = [(e.waiter.owner.id, e.blocker.id) for e in cycle.edges]
+        # The sweep searches only the owners that the cheap trim leaves: it must keep every cycle.
+        suspects = may_lie_on_a_cycle(edges)
+        assert bool(suspects) == bool(cycles)
+        trimmed = WaitGraph(e for e in edges if e.source in suspects and e.target in suspects)
+        assert len(trimmed.cycles()) == len(cycles)
+        for path in cycles:
+            hops = [(e.waiter.owner.id, e.blocker.id) for e in path]
             assert all(hops[i][1] == hops[(i + 1) % len(hops)][0] for i in range(len(hops)))
             assert len({a for a, _ in hops}) == len(hops)  # simple: no owner twice
         for _ in range(len(arcs) + 1):  # removing victims until none is left ends the cycles
             if not (found := graph.cycles()):
                 break
-            graph.remove_request(found[0].edges[0].waiter.id)
+            graph.remove_request(found[0][0].waiter.id)
         assert graph.cycles() == []
 
 
@@ -368,7 +414,7 @@ def test_victims_are_waiting_requests_of_the_cycle_and_never_the_holder_only() -
     owners = [Owner("a"), Owner("b")]
     ab = WaitEdge(_request("ra", owners[0]), "kb", owners[1], held=True)
     ba = WaitEdge(_request("rb", owners[1]), "ka", owners[0], held=True)
-    cycle = WaitGraph([ab, ba]).cycles()[0]
+    cycle = Cycle(WaitGraph([ab, ba]).cycles()[0])
     victim = LowestPriority().choose_victim(cycle)
     assert victim is not None and victim.id in {"ra", "rb"}
     assert Ending.DEADLOCK.value == "deadlock"
@@ -379,12 +425,10 @@ async def test_a_cycle_whose_victims_all_left_logs_cascade_resolution_failed(
 ) -> None:
     engine = await make_engine()
     detector = detector_for(engine, immediate=False, confidence_threshold=0.0, max_attempts=5)
-    await take(engine, "x", "alice")
-    await take(engine, "y", "bob")
-    alice_waits = await queued(engine, "y", "alice")
-    bob_waits = await queued(engine, "x", "bob")
+    alice_waits, bob_waits = await crossed(engine)
     snapshot = await engine.backend.snapshot(now=0, max_waiting=100)
-    [cycle] = WaitGraph.from_snapshot(snapshot).cycles()
+    [path] = WaitGraph.from_snapshot(snapshot).cycles()
+    cycle = Cycle(path)
     await engine.cancel(alice_waits.id)
     await engine.cancel(bob_waits.id)
     with caplog.at_level("ERROR", logger="enhanced-locking.deadlock"):

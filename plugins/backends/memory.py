@@ -17,6 +17,8 @@ from sidecar.backends.base import Backend
 from sidecar.backends.txn import Txn, TxnBackend
 from sidecar.config import Settings
 from sidecar.engine.model import Grant, Outcome, QueueSummary, Request
+from sidecar.engine.policies import EdgeRef
+from sidecar.engine.waitgraph import edges_in_queues
 from sidecar.plugin import hookimpl
 from sidecar.plugin.registry import Registry
 
@@ -120,6 +122,17 @@ class MemoryStore(Txn):
 
     def waiting(self, limit: int) -> list[Request]:
         return sorted(self.requests.values(), key=lambda r: r.seq)[:limit]
+
+    def wait_graph(self, limit: int) -> list[EdgeRef]:
+        included = None if limit >= len(self.requests) else {r.id for r in self.waiting(limit)}
+        grants, requests = self.grants, self.requests
+        return edges_in_queues(
+            (key, request_id, requests[request_id].owner.id, holder.owner.id if holder else None)
+            for key, queue in self.queues.items()
+            for holder in (grants.get(key),)
+            for _, _, request_id in queue
+            if included is None or request_id in included
+        )
 
     def grants_of_owner(self, owner_id: str) -> list[Grant]:
         return [self.grants[k] for k in sorted(self._owner_grants.get(owner_id, ()))]

@@ -28,7 +28,7 @@ from sidecar.engine.model import (
     RequestState,
     Snapshot,
 )
-from sidecar.engine.policies import WaitEdge
+from sidecar.engine.policies import EdgeRef, WaitEdge
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -188,6 +188,24 @@ class Backend(abc.ABC):
                     seen.add(target)
                     frontier.append(target)
         return edges
+
+    async def wait_graph(self, *, max_waiting: int) -> list[EdgeRef]:
+        """Every wait-for edge of the first `max_waiting` waiting requests (by arrival), as ids,
+        read consistently (one atomic read): the full sweep's input.
+
+        This default derives them from a snapshot; backends override it to skip decoding whole
+        requests, which dominates a sweep over many thousands of waiters.
+        """
+        from sidecar.engine.waitgraph import edges_of
+
+        snapshot = await self.snapshot(now=0.0, max_waiting=max_waiting)
+        return [edge.ref for edge in edges_of(snapshot)]
+
+    async def waiting_requests(self, request_ids: Sequence[str]) -> dict[str, Request]:
+        """Those of these requests that still wait, by id (whole requests, for a found cycle)."""
+        wanted = set(request_ids)
+        snapshot = await self.snapshot(now=0.0, max_waiting=SNAPSHOT_LIMIT)
+        return {r.id: r for r in snapshot.waiting if r.id in wanted}
 
     async def edges_present(self, edges: Sequence[WaitEdge]) -> list[bool]:
         """Which of these wait-for edges still hold, read consistently (one atomic read)."""

@@ -26,7 +26,7 @@ from sidecar.engine.model import (
     RequestState,
     Snapshot,
 )
-from sidecar.engine.policies import WaitEdge
+from sidecar.engine.policies import EdgeRef, WaitEdge
 
 T = TypeVar("T")
 
@@ -74,6 +74,10 @@ class Txn(Protocol):
     ) -> list[Grant]: ...
     def queue_summary(self) -> QueueSummary: ...
     def all_grants(self) -> list[Grant]: ...
+    def wait_graph(self, limit: int) -> list[EdgeRef]:
+        """`Backend.wait_graph`: the rule of `waitgraph.edges_of`, over ids (see
+        `waitgraph.edges_in_queues`), for the first `limit` waiting requests by seq."""
+        ...
 
 
 class TxnBackend(Backend):
@@ -164,6 +168,16 @@ class TxnBackend(Backend):
         return await self.run(
             lambda tx: rules.wait_edges_from(tx, owner_id, max_owners), write=False
         )
+
+    async def wait_graph(self, *, max_waiting: int) -> list[EdgeRef]:
+        return await self.run(lambda tx: tx.wait_graph(max_waiting), write=False)
+
+    async def waiting_requests(self, request_ids: Sequence[str]) -> dict[str, Request]:
+        def read(tx: Txn) -> dict[str, Request]:
+            found = (tx.get_request(request_id) for request_id in request_ids)
+            return {r.id: r for r in found if r is not None}
+
+        return await self.run(read, write=False)
 
     async def edges_present(self, edges: Sequence[WaitEdge]) -> list[bool]:
         return await self.run(lambda tx: rules.edges_present(tx, edges), write=False)

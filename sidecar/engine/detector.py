@@ -1,12 +1,12 @@
 """Deadlock detection and resolution (design.md "Deadlocks").
 
 Two ways in: every new wait is checked at once by a bounded walk from its owner, read inside one
-backend transaction; and a sweep every `check-interval` reads one snapshot of everything and looks
-for cycles the immediate check could not see (its walk is bounded). Before acting, the cycle's
-edges are read again: a cycle whose confidence (edges still present / edges) is below the
-threshold is a false positive and is left alone. Otherwise the first resolution policy that picks
-a victim decides, and the victim's waiting request ends with EL004 naming the cycle; its held
-locks stay.
+backend transaction; and a sweep every `check-interval` reads every wait-for edge at once (ids
+only, one atomic read) and looks for cycles the immediate check could not see (its walk is
+bounded). Before acting, the cycle's edges are read again: a cycle whose confidence (edges still
+present / edges) is below the threshold is a false positive and is left alone. Otherwise the
+first resolution policy that picks a victim decides, and the victim's waiting request ends with
+EL004 naming the cycle; its held locks stay.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 from sidecar.engine.manager import LockManager
 from sidecar.engine.model import Ending, Request
-from sidecar.engine.policies import Cycle, ResolutionPolicy
-from sidecar.engine.waitgraph import WaitGraph
+from sidecar.engine.policies import Cycle, EdgeRef, ResolutionPolicy, WaitEdge
+from sidecar.engine.waitgraph import WaitGraph, may_lie_on_a_cycle
 from sidecar.metrics.stats import EngineStats
 
 log = logging.getLogger("enhanced-locking.deadlock")
@@ -78,8 +78,9 @@ class Resolution:
 
 @contextlib.contextmanager
 def _no_gc_pauses() -> Iterator[None]:
-    """Building a graph of 100 000 edges creates objects fast enough to trigger full collections
-    over everything the sidecar holds; they would double the sweep. Collect afterwards instead."""
+    """Reading 100 000 edges and building their graph creates objects fast enough to trigger
+    full collections over everything the sidecar holds; they would double the sweep. Collect
+    afterwards instead (the pause spans the read's await: other tasks only collect later too)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -124,45 +125,75 @@ class DeadlockDetector:
             edges = await self.engine.backend.wait_edges_from(
                 request.owner.id, max_owners=IMMEDIATE_MAX_OWNERS
             )
-            cycle = WaitGraph(edges).cycle_through(
+            path = WaitGraph(edges).cycle_through(
                 request.owner.id, min_length=self.settings.min_cycle_length
             )
-            if cycle is not None:
-                await self.resolve(cycle, found_by="immediate")
+            if path is not None:
+                await self.resolve(Cycle(path), found_by="immediate")
 
     async def sweep(self) -> list[Resolution]:
-        """Find and resolve every cycle in one snapshot, re-checking after each victim."""
+        """Find and resolve every cycle in one consistent read, re-checking after each victim.
+
+        The read is ids only (`Backend.wait_graph`); whole requests are read for the edges of
+        the cycles found, just before each is resolved.
+        """
         started = time.perf_counter()
-        snapshot = await self.engine.backend.snapshot(
-            now=self.engine.clock(), max_waiting=SNAPSHOT_LIMIT
-        )
         with _no_gc_pauses():
-            graph = WaitGraph.from_snapshot(snapshot)
-            cycles = graph.cycles(min_length=self.settings.min_cycle_length)
+            refs = await self.engine.backend.wait_graph(max_waiting=SNAPSHOT_LIMIT)
+            suspects = may_lie_on_a_cycle(refs)
+            graph = WaitGraph(r for r in refs if r.source in suspects and r.target in suspects)
+            paths = graph.cycles(min_length=self.settings.min_cycle_length)
         resolutions: list[Resolution] = []
         async with self._lock:
             for _ in range(MAX_VICTIMS_PER_SWEEP):
-                if not cycles:
+                if not paths:
                     break
-                for cycle in cycles:
+                for path in paths:
+                    cycle = await self._whole(path)
+                    if cycle is None:  # a request of it no longer waits: the cycle is gone
+                        self.counts["false_positives"] += 1
+                        for ref in path:
+                            graph.remove_request(ref.request_id)
+                        continue
                     resolution = await self.resolve(cycle, found_by="sweep")
                     resolutions.append(resolution)
                     if resolution.victim is not None:
                         graph.remove_request(resolution.victim.id)
                     else:  # stale or unresolvable: drop what the re-read did not confirm
-                        for edge in cycle.edges:
-                            graph.remove_request(edge.waiter.id)
-                cycles = graph.cycles(min_length=self.settings.min_cycle_length)
+                        for ref in path:
+                            graph.remove_request(ref.request_id)
+                paths = graph.cycles(min_length=self.settings.min_cycle_length)
         self.counts["sweeps"] += 1
         self.last_sweep = {
             "at": time.time(),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "waiting_requests": len(snapshot.waiting),
-            "owners": len(graph.out),
-            "edges": graph.edge_count,
+            "edges": len(refs),
+            "suspects": len(suspects),
             "cycles": len(resolutions),
         }
         return resolutions
+
+    async def _whole(self, path: tuple[EdgeRef, ...]) -> Cycle | None:
+        """The cycle with its whole requests, or None if one of them no longer waits.
+
+        Each edge's blocker is the next edge's waiting owner, so the owners come from the
+        requests too.
+        """
+        requests = await self.engine.backend.waiting_requests([ref.request_id for ref in path])
+        if len(requests) < len({ref.request_id for ref in path}):
+            log.info(
+                "deadlock candidate dismissed (a request left before it was read): %s",
+                "; ".join(f"{r.source} waits for {r.key!r} of {r.target}" for r in path),
+            )
+            return None
+        return Cycle(
+            tuple(
+                WaitEdge(
+                    requests[ref.request_id], ref.key, requests[after.request_id].owner, ref.held
+                )
+                for ref, after in zip(path, path[1:] + path[:1], strict=True)
+            )
+        )
 
     # -- resolving ----------------------------------------------------------------------------
 

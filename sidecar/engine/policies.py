@@ -36,6 +36,22 @@ class WaitEdge(NamedTuple):
     held: bool
 
     @property
+    def request_id(self) -> str:
+        return self.waiter.id
+
+    @property
+    def source(self) -> str:
+        return self.waiter.owner.id
+
+    @property
+    def target(self) -> str:
+        return self.blocker.id
+
+    @property
+    def ref(self) -> EdgeRef:
+        return EdgeRef(self.waiter.id, self.waiter.owner.id, self.key, self.blocker.id, self.held)
+
+    @property
     def identity(self) -> tuple[str, str, str, bool]:
         return (self.waiter.id, self.key, self.blocker.id, self.held)
 
@@ -51,6 +67,20 @@ class WaitEdge(NamedTuple):
             "blocker": self.blocker.id,
             "held": self.held,
         }
+
+
+class EdgeRef(NamedTuple):
+    """A wait-for edge as the full sweep reads it: ids only.
+
+    A sweep over 100 000 waiting requests needs only who waits for whom; decoding every request
+    would cost more than finding the cycles. Whole requests are read for the edges of a cycle.
+    """
+
+    request_id: str
+    source: str  # the waiting request's owner
+    key: str
+    target: str  # the blocking owner
+    held: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 from sidecar.engine.model import Request, Snapshot
-from sidecar.engine.policies import Cycle, WaitEdge
+from sidecar.engine.policies import EdgeRef, WaitEdge
 
 # How many steps a search for a long-enough cycle may take before it gives up on that start.
 SEARCH_BUDGET = 100_000
@@ -38,36 +39,89 @@ def edges_of(snapshot: Snapshot) -> Iterator[WaitEdge]:
             ahead = request
 
 
+def edges_in_queues(rows: Iterable[tuple[str, str, str, str | None]]) -> list[EdgeRef]:
+    """The rule of `edges_of` over id rows: (key, request id, its owner, the key's holder or
+    None), each key's rows together and in queue order. Backends that can list their queues
+    cheaply (SQLite in one query) give the sweep its edges this way."""
+    refs: list[EdgeRef] = []
+    current: str | None = None
+    ahead: str | None = None
+    for key, request_id, owner, holder in rows:
+        if key != current:
+            current, ahead = key, None
+        mine = holder == owner
+        if holder is not None and not mine:
+            refs.append(EdgeRef(request_id, owner, key, holder, True))
+        if ahead is not None and not mine and ahead != owner:
+            refs.append(EdgeRef(request_id, owner, key, ahead, False))
+        ahead = owner
+    return refs
+
+
+def may_lie_on_a_cycle(edges: Iterable[Arc]) -> set[str]:
+    """The owners left after repeatedly dropping owners that nobody waits for (Kahn's
+    algorithm): every cycle lies among them. Linear and cheaper than finding components, and
+    in the usual case, a graph without deadlocks, nothing is left to search at all."""
+    waits_for: defaultdict[str, list[str]] = defaultdict(list)
+    waited_on: defaultdict[str, int] = defaultdict(int)
+    for edge in edges:
+        source, target = edge.source, edge.target
+        if source != target:
+            waits_for[source].append(target)
+            waited_on[target] += 1
+    free = [owner for owner in waits_for if owner not in waited_on]
+    while free:
+        for target in waits_for.get(free.pop(), ()):
+            waited_on[target] -= 1
+            if not waited_on[target]:
+                free.append(target)
+    return {owner for owner, count in waited_on.items() if count}
+
+
 def _queue_order(request: Request) -> tuple[float, int]:
     return (request.score, request.seq)
 
 
-class WaitGraph:
-    def __init__(self, edges: Iterable[WaitEdge] = ()) -> None:
+class Arc(Protocol):
+    """What the graph needs of an edge: whose request waits, and for which owner."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+
+
+E = TypeVar("E", bound=Arc)
+
+
+class WaitGraph(Generic[E]):
+    """Over whole edges (`WaitEdge`, the immediate check's bounded walk) or id-only ones
+    (`EdgeRef`, the sweep): a cycle is the tuple of its edges, edge i's target being edge
+    i+1's source."""
+
+    def __init__(self, edges: Iterable[E] = ()) -> None:
         # owner -> blocker owner -> the edges between them (several requests or keys may link two)
-        self.out: dict[str, dict[str, list[WaitEdge]]] = defaultdict(dict)
+        self.out: dict[str, dict[str, list[E]]] = defaultdict(dict)
         for edge in edges:
             self.add(edge)
 
-    @classmethod
-    def from_snapshot(cls, snapshot: Snapshot) -> WaitGraph:
-        return cls(edges_of(snapshot))
+    @staticmethod
+    def from_snapshot(snapshot: Snapshot) -> WaitGraph[WaitEdge]:
+        return WaitGraph(edges_of(snapshot))
 
-    def add(self, edge: WaitEdge) -> None:
-        source, target = edge.waiter.owner.id, edge.blocker.id
+    def add(self, edge: E) -> None:
+        source, target = edge.source, edge.target
         if source != target:
             self.out[source].setdefault(target, []).append(edge)
-
-    @property
-    def edge_count(self) -> int:
-        return sum(len(es) for targets in self.out.values() for es in targets.values())
 
     def remove_request(self, request_id: str) -> None:
         """Drop every edge of a request that no longer waits (a victim)."""
         for source in list(self.out):
             targets = self.out[source]
             for target in list(targets):
-                kept = [e for e in targets[target] if e.waiter.id != request_id]
+                kept = [e for e in targets[target] if e.request_id != request_id]
                 if kept:
                     targets[target] = kept
                 else:
@@ -125,9 +179,9 @@ class WaitGraph:
         # Sorted, so the same snapshot always yields the same cycles in the same order.
         return sorted(components)
 
-    def _cycle_from_path(self, path: list[str]) -> Cycle:
+    def _cycle_from_path(self, path: list[str]) -> tuple[E, ...]:
         hops = zip(path, path[1:] + path[:1], strict=True)
-        return Cycle(tuple(self.out[a][b][0] for a, b in hops))
+        return tuple(self.out[a][b][0] for a, b in hops)
 
     def cycle_through(
         self,
@@ -136,7 +190,7 @@ class WaitGraph:
         min_length: int = 2,
         within: set[str] | None = None,
         budget: int = SEARCH_BUDGET,
-    ) -> Cycle | None:
+    ) -> tuple[E, ...] | None:
         """The shortest cycle through `start` of at least `min_length` owners, or None.
 
         Breadth-first finds the shortest cycle; only when that one is too short does a bounded
@@ -168,7 +222,7 @@ class WaitGraph:
 
     def _long_cycle(
         self, start: str, min_length: int, within: set[str] | None, budget: int
-    ) -> Cycle | None:
+    ) -> tuple[E, ...] | None:
         path = [start]
         on_path = {start}
         frames = [iter(sorted(self.out.get(start, {})))]
@@ -190,7 +244,7 @@ class WaitGraph:
                 frames.append(iter(sorted(self.out.get(child, {}))))
         return None
 
-    def cycles(self, *, min_length: int = 2) -> list[Cycle]:
+    def cycles(self, *, min_length: int = 2) -> list[tuple[E, ...]]:
         """One cycle (the shortest long enough) for each strongly connected group of owners.
 
         Breaking it may leave another cycle in the same group: the detector removes its victim

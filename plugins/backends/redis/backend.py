@@ -63,7 +63,8 @@ from sidecar.engine.model import (
     Snapshot,
 )
 from sidecar.engine.ordering import PROMOTED_OFFSET
-from sidecar.engine.policies import WaitEdge
+from sidecar.engine.policies import EdgeRef, WaitEdge
+from sidecar.engine.waitgraph import edges_in_queues
 from sidecar.errors import Code, LockError
 
 if TYPE_CHECKING:
@@ -408,6 +409,23 @@ class RedisBackend(Backend):
             )
             for e in data
         ]
+
+    async def wait_graph(self, *, max_waiting: int) -> list[EdgeRef]:
+        cutoff, queues, flat = await self._run("wait_graph", max_waiting)
+        owners = dict(zip(flat[::2], flat[1::2], strict=True))  # HGETALL: id, owner, id, ...
+        rows = (
+            (key, member[17:], owners[member[17:]], holder or None)
+            for key, holder, members in zip(queues[::3], queues[1::3], queues[2::3], strict=True)
+            for member in members  # "<16-digit seq>:<request id>", in queue order
+            if cutoff is False or int(member[:16]) < cutoff
+        )
+        return edges_in_queues(rows)
+
+    async def waiting_requests(self, request_ids: Sequence[str]) -> dict[str, Request]:
+        if not request_ids:
+            return {}
+        found = codec.requests(await self._run("waiting_requests", *request_ids))
+        return {r.id: r for r in found}
 
     async def edges_present(self, edges: Sequence[WaitEdge]) -> list[bool]:
         if not edges:

@@ -336,6 +336,28 @@ function S.wait_edges_from(owner_id, max_owners)
   return S.arr(edges)
 end
 
+-- What the sweep needs to find every wait-for edge (backend.py applies the rule of
+-- waitgraph.edges_in_queues): each queued key with its holder's owner id ('' if free) and its
+-- queue members in order ("<seq>:<request id>"), every waiting request's owner id, and the seq
+-- from which waiting requests are past `limit` (false: none is). Ids only, from the id-only
+-- hashes: decoding the stored JSON, or even cutting strings here, costs more than in Python.
+function S.wait_graph(limit)
+  local cutoff = false
+  if S.waiting_count() > limit then
+    cutoff = tonumber(redis.call('ZRANGE', S.K_WAITING, limit, limit, 'WITHSCORES')[2])
+  end
+  local queues, n = {}, 0
+  for _, key in ipairs(redis.call('SMEMBERS', S.K_QUEUED_KEYS)) do
+    queues[n + 1] = key
+    queues[n + 2] = redis.call('HGET', S.K_HOLDERS, key) or ''
+    queues[n + 3] = redis.call('ZRANGE', S.k_queue(key), 0, -1)
+    n = n + 3
+  end
+  local owners = redis.call('HGETALL', S.K_WAITERS)
+  if n == 0 then return '[false,[],[]]' end
+  return cjson.encode({ cutoff, queues, owners })
+end
+
 function S.edges_present(edges)
   local present = {}
   for i, e in ipairs(edges) do
@@ -418,6 +440,10 @@ function S.main(argv)
     return S.detach()
   elseif S.OP == 'wait_edges_from' then
     return S.wait_edges_from(ARGV[S.A], tonumber(ARGV[S.A + 1]))
+  elseif S.OP == 'wait_graph' then
+    return S.wait_graph(tonumber(ARGV[S.A]))
+  elseif S.OP == 'waiting_requests' then
+    return S.arr(S.get_requests(S.rest(S.A)))
   elseif S.OP == 'edges_present' then
     return S.edges_present(cjson.decode(ARGV[S.A]))
   end

@@ -33,11 +33,13 @@ function S.begin(argv)
   if argv[1] == S.B then return end  -- a Function's last call had this prefix: names are set
   S.B = argv[1]
   S.K_GRANTS = S.B .. 'grants'            -- hash: lock key -> grant (JSON)
+  S.K_HOLDERS = S.B .. 'holders'          -- hash: lock key -> holder's owner id (for the sweep)
   S.K_GRANT_KEYS = S.B .. 'grant-keys'    -- zset (score 0): held lock keys, in byte order
   S.K_LEASES = S.B .. 'leases'            -- zset: lock key by lease expiry
   S.K_TOKENS = S.B .. 'tokens'            -- hash: lock key -> last fencing token (never deleted)
   S.K_SEQ = S.B .. 'seq'                  -- counter: FIFO order among equal scores
   S.K_REQUESTS = S.B .. 'requests'        -- hash: request id -> waiting request (JSON)
+  S.K_WAITERS = S.B .. 'waiter-owners'    -- hash: request id -> its owner id (for the sweep)
   S.K_WAITING = S.B .. 'waiting'          -- zset: waiting request ids by seq
   S.K_DEADLINES = S.B .. 'deadlines'      -- zset: waiting request ids by deadline
   S.K_ENQUEUED = S.B .. 'enqueued'        -- zset: waiting request ids by enqueue time
@@ -132,6 +134,7 @@ end
 -- one always has a lease.)
 function S.put_grant(g)
   redis.call('HSET', S.K_GRANTS, g.key, S.enc(g))
+  redis.call('HSET', S.K_HOLDERS, g.key, g.owner.id)
   redis.call('ZADD', S.K_GRANT_KEYS, 0, g.key)
   redis.call('SADD', S.k_owner_grants(g.owner.id), g.key)
   if g.lease_expires_at ~= S.NULL then
@@ -141,6 +144,7 @@ end
 
 function S.delete_grant(g)
   redis.call('HDEL', S.K_GRANTS, g.key)
+  redis.call('HDEL', S.K_HOLDERS, g.key)
   redis.call('ZREM', S.K_GRANT_KEYS, g.key)
   redis.call('SREM', S.k_owner_grants(g.owner.id), g.key)
   if g.lease_expires_at ~= S.NULL then redis.call('ZREM', S.K_LEASES, g.key) end
@@ -193,6 +197,7 @@ end
 
 function S.add_request(r)
   redis.call('HSET', S.K_REQUESTS, r.id, S.enc(r))
+  redis.call('HSET', S.K_WAITERS, r.id, r.owner.id)
   local m = S.member(r)
   for _, key in ipairs(r.keys) do
     redis.call('ZADD', S.k_queue(key), r.score, m)
@@ -212,6 +217,7 @@ function S.remove_request(id, loaded)
   local r = loaded or S.get_request(id)
   if not r then return nil end
   redis.call('HDEL', S.K_REQUESTS, id)
+  redis.call('HDEL', S.K_WAITERS, id)
   local m = S.member(r)
   for _, key in ipairs(r.keys) do
     local q = S.k_queue(key)
