@@ -198,27 +198,25 @@ class LockManager:
                 self._catch_up_due[queued.id] = (queued, time.monotonic() + CATCH_UP_AFTER)
             if self.on_wait is not None:
                 await self._check_new_wait(queued)
-            try:
-                handoff = await asyncio.wait_for(asyncio.shield(waiter), wait)
-            except TimeoutError:
-                if stay_queued and not waiter.done():
-                    state = await self.backend.request_state(queued.id)
-                    if state is not None and state.state == "waiting":
-                        return StillQueued(queued, state.position)
-                if not waiter.done():
-                    self._apply(
-                        await self.backend.cancel(
-                            queued.id,
-                            Ending.TIMED_OUT,
-                            now=self.clock(),
-                            detail=f"not granted within {wait:g}s",
-                        )
+            # asyncio.wait, not wait_for(shield(...)): it leaves the waiter alone on a timeout or
+            # a cancellation alike, and wakes this task one event-loop turn sooner.
+            await asyncio.wait((waiter,), timeout=wait)
+            if stay_queued and not waiter.done():
+                state = await self.backend.request_state(queued.id)
+                if state is not None and state.state == "waiting":
+                    return StillQueued(queued, state.position)
+            if not waiter.done():
+                self._apply(
+                    await self.backend.cancel(
+                        queued.id,
+                        Ending.TIMED_OUT,
+                        now=self.clock(),
+                        detail=f"not granted within {wait:g}s",
                     )
-                if not waiter.done():  # neither granted nor ended: someone else removed it
-                    raise _ending_error(
-                        Ending.CANCELLED, queued, "request no longer queued"
-                    ) from None
-                handoff = waiter.result()
+                )
+            if not waiter.done():  # neither granted nor ended: someone else removed it
+                raise _ending_error(Ending.CANCELLED, queued, "request no longer queued")
+            handoff = waiter.result()  # raises the waiter's LockError when it was ended
             self.stats.acquired(time.perf_counter() - started)
             return Granted(handoff.request, handoff.grants, time.perf_counter() - started)
         except LockError as exc:
