@@ -8,7 +8,8 @@ waits for a key of a later owner, so the graph is large and acyclic), it times:
 The peer is PostgreSQL's `deadlock_timeout`: it waits 1 s before it even looks.
 
     .venv/bin/python benchmarks/deadlock_bench.py [--sizes 1000,10000] [--backends memory,redis]
-        [--redis-port 6390]   (redis: a scratch redis-server on 127.0.0.1; its data is left there)
+        [--redis-port 6390]   (redis: a scratch redis-server on 127.0.0.1; each run's keys are
+                               removed afterwards)
 """
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ async def build(
         overflow=overflow_policy(plugins, settings),
         stats=EngineStats(),
     )
+
+
+def prefix_of(engine: LockManager) -> str:
+    return str(engine.backend.describe()["key_prefix"])
+
+
+async def remove_keys(port: int, prefix: str) -> None:
+    """Delete a Redis run's keys: left in the server, runs pile up and slow the next ones."""
+    from redis.asyncio import Redis
+
+    client = Redis(port=port)
+    try:
+        async for key in client.scan_iter(match=prefix + "*", count=1000):
+            await client.unlink(key)
+    finally:
+        await client.aclose()
 
 
 async def queue(engine: LockManager, key: str, owner: str) -> None:
@@ -138,6 +155,8 @@ async def measure(backend_name: str, n: int, plugins: Plugins, redis_port: int) 
             )
         finally:
             await engine.backend.close()
+            if backend_name == "redis":
+                await remove_keys(redis_port, prefix_of(engine))
 
 
 async def main() -> None:

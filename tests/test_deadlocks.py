@@ -200,14 +200,21 @@ async def test_the_sweeps_id_only_edges_are_the_edges_of_a_snapshot(
     engine = await make_engine()
     rng = random.Random(1203)
     priorities = list(Priority)
-    for _ in range(60):
-        keys = rng.sample([f"k{i}" for i in range(8)], rng.choice([1, 1, 2, 3]))
-        await take(engine, keys, f"o{rng.randrange(10)}", rng.choice(priorities))
+    key_names = [f"k{i}" for i in range(7)] + ["envs/prod-ü/app"]  # byte and char counts differ
+    owners = [f"o{i}" for i in range(9)] + ["ümit"]
+    for step in range(60):
+        keys = rng.sample(key_names, rng.choice([1, 1, 2, 3]))
+        await take(engine, keys, rng.choice(owners), rng.choice(priorities))
         if rng.random() < 0.15:
             held = (await engine.backend.list_grants(limit=100)).grants
             if held:
                 grant = rng.choice(held)
                 await engine.release(grant.owner.id, [grant.key])
+        if step == 40:  # promote the waiters so far: their scores jump far below zero
+            swept = await engine.backend.sweep(
+                now=engine.clock(), promote_enqueued_before=1e18, batch=1000
+            )
+            assert swept.promoted
     depth = (await engine.backend.queue_summary()).depth
     assert depth > 20
     for limit in (depth + 5, depth // 2):

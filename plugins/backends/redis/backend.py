@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -411,15 +411,9 @@ class RedisBackend(Backend):
         ]
 
     async def wait_graph(self, *, max_waiting: int) -> list[EdgeRef]:
-        cutoff, queues, flat = await self._run("wait_graph", max_waiting)
-        owners = dict(zip(flat[::2], flat[1::2], strict=True))  # HGETALL: id, owner, id, ...
-        rows = (
-            (key, member[17:], owners[member[17:]], holder or None)
-            for key, holder, members in zip(queues[::3], queues[1::3], queues[2::3], strict=True)
-            for member in members  # "<16-digit seq>:<request id>", in queue order
-            if cutoff is False or int(member[:16]) < cutoff
-        )
-        return edges_in_queues(rows)
+        data = await self._run("wait_graph", max_waiting)
+        holders = dict(zip(data["keys"], data["holders"], strict=True))  # False: free
+        return edges_in_queues(_waits(data["waits"], holders, data["cutoff"]))
 
     async def waiting_requests(self, request_ids: Sequence[str]) -> dict[str, Request]:
         if not request_ids:
@@ -525,6 +519,17 @@ class RedisBackend(Backend):
             await self._on_end(
                 Ended(codec.request(outcome["request"]), ending, str(outcome.get("detail", "")))
             )
+
+
+def _waits(
+    waits: list[list[str]], holders: dict[str, str | bool], cutoff: int | bool
+) -> Iterator[tuple[str, str, str, str | None]]:
+    """The rows of edges_in_queues from all-waits, which comes by key and in queue order:
+    [key, sortable score, seq, request id, owner] each (lib.lua's S.wait_member)."""
+    for key, _, seq, request_id, owner in waits:
+        if cutoff is False or int(seq) < cutoff:
+            holder = holders.get(key)
+            yield key, request_id, owner, holder if isinstance(holder, str) else None
 
 
 def _raise_for(data: Any) -> None:

@@ -337,25 +337,25 @@ function S.wait_edges_from(owner_id, max_owners)
 end
 
 -- What the sweep needs to find every wait-for edge (backend.py applies the rule of
--- waitgraph.edges_in_queues): each queued key with its holder's owner id ('' if free) and its
--- queue members in order ("<seq>:<request id>"), every waiting request's owner id, and the seq
--- from which waiting requests are past `limit` (false: none is). Ids only, from the id-only
--- hashes: decoding the stored JSON, or even cutting strings here, costs more than in Python.
+-- waitgraph.edges_in_queues): every wait, by key and in queue order (all-waits), the keys with
+-- a queue and their holders' owner ids (false: free), and the seq from which waiting requests
+-- are past `limit` (false: none is). Bulk reads only: a read per queue, or decoding stored JSON,
+-- costs more here than anything the sweep does in Python.
 function S.wait_graph(limit)
   local cutoff = false
   if S.waiting_count() > limit then
     cutoff = tonumber(redis.call('ZRANGE', S.K_WAITING, limit, limit, 'WITHSCORES')[2])
   end
-  local queues, n = {}, 0
-  for _, key in ipairs(redis.call('SMEMBERS', S.K_QUEUED_KEYS)) do
-    queues[n + 1] = key
-    queues[n + 2] = redis.call('HGET', S.K_HOLDERS, key) or ''
-    queues[n + 3] = redis.call('ZRANGE', S.k_queue(key), 0, -1)
-    n = n + 3
+  local keys = redis.call('SMEMBERS', S.K_QUEUED_KEYS)
+  if #keys == 0 then return '{"cutoff":false,"keys":[],"holders":[],"waits":[]}' end
+  local holders = {}
+  for first = 1, #keys, S.CHUNK do
+    local last = math.min(first + S.CHUNK - 1, #keys)
+    S.extend(holders, redis.call('HMGET', S.K_HOLDERS, unpack(keys, first, last)))
   end
-  local owners = redis.call('HGETALL', S.K_WAITERS)
-  if n == 0 then return '[false,[],[]]' end
-  return cjson.encode({ cutoff, queues, owners })
+  return '{"cutoff":' .. S.enc(cutoff) .. ',"keys":' .. S.enc(keys) .. ',"holders":'
+    .. S.enc(holders) .. ',"waits":[' .. table.concat(redis.call('ZRANGE', S.K_ALL_WAITS, 0, -1), ',')
+    .. ']}'
 end
 
 function S.edges_present(edges)

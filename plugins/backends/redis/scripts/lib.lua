@@ -39,7 +39,7 @@ function S.begin(argv)
   S.K_TOKENS = S.B .. 'tokens'            -- hash: lock key -> last fencing token (never deleted)
   S.K_SEQ = S.B .. 'seq'                  -- counter: FIFO order among equal scores
   S.K_REQUESTS = S.B .. 'requests'        -- hash: request id -> waiting request (JSON)
-  S.K_WAITERS = S.B .. 'waiter-owners'    -- hash: request id -> its owner id (for the sweep)
+  S.K_ALL_WAITS = S.B .. 'all-waits'      -- zset (score 0): every wait of every key (S.wait_member)
   S.K_WAITING = S.B .. 'waiting'          -- zset: waiting request ids by seq
   S.K_DEADLINES = S.B .. 'deadlines'      -- zset: waiting request ids by deadline
   S.K_ENQUEUED = S.B .. 'enqueued'        -- zset: waiting request ids by enqueue time
@@ -197,10 +197,10 @@ end
 
 function S.add_request(r)
   redis.call('HSET', S.K_REQUESTS, r.id, S.enc(r))
-  redis.call('HSET', S.K_WAITERS, r.id, r.owner.id)
   local m = S.member(r)
   for _, key in ipairs(r.keys) do
     redis.call('ZADD', S.k_queue(key), r.score, m)
+    redis.call('ZADD', S.K_ALL_WAITS, 0, S.wait_member(key, r))
     redis.call('SADD', S.K_QUEUED_KEYS, key)
   end
   redis.call('ZADD', S.K_WAITING, r.seq, r.id)
@@ -212,16 +212,37 @@ function S.add_request(r)
   if r.replica ~= '' then redis.call('SADD', S.k_replica_requests(r.replica), r.id) end
 end
 
+-- A double as 16 hex digits whose byte order is the numbers' order: its big-endian bits with the
+-- sign bit set (0 and above) or all bits flipped (below 0).
+function S.sortable(x)
+  if x == 0 then x = 0 end  -- -0 sorts as 0, as in a sorted set
+  local bytes = { string.byte(struct.pack('>d', x), 1, 8) }
+  if x < 0 then
+    for i = 1, 8 do bytes[i] = 255 - bytes[i] end
+  else
+    bytes[1] = bytes[1] + 128
+  end
+  return string.format('%02x%02x%02x%02x%02x%02x%02x%02x', unpack(bytes))
+end
+
+-- A wait in all-waits, as a JSON array: [key, sortable score, seq (16 digits), request id,
+-- owner]. In byte order the waits of one key stand together (the key's closing quote ends it)
+-- and in the key's queue order, so the deadlock sweep reads every queue with one ZRANGE and
+-- Python's JSON parser splits the members.
+function S.wait_member(key, r)
+  return S.enc({ key, S.sortable(tonumber(r.score)), string.format('%016d', r.seq), r.id, r.owner.id })
+end
+
 -- `loaded`: the request, when this call has already read it.
 function S.remove_request(id, loaded)
   local r = loaded or S.get_request(id)
   if not r then return nil end
   redis.call('HDEL', S.K_REQUESTS, id)
-  redis.call('HDEL', S.K_WAITERS, id)
   local m = S.member(r)
   for _, key in ipairs(r.keys) do
     local q = S.k_queue(key)
     redis.call('ZREM', q, m)
+    redis.call('ZREM', S.K_ALL_WAITS, S.wait_member(key, r))
     if redis.call('EXISTS', q) == 0 then redis.call('SREM', S.K_QUEUED_KEYS, key) end
   end
   redis.call('ZREM', S.K_WAITING, id)
