@@ -8,6 +8,7 @@ queue without racing real time; the clock is moved by hand.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -413,6 +414,49 @@ async def test_sqlite_group_commit_shares_transactions_between_concurrent_writes
         assert len(snapshot.grants) == 60
     finally:
         await backend.close()
+
+
+OLD_WAITS = """
+CREATE TABLE old_waits AS SELECT key, score, seq, request_id FROM waits;
+DROP TABLE waits;
+CREATE TABLE waits (
+    key TEXT NOT NULL, score REAL NOT NULL, seq INTEGER NOT NULL, request_id TEXT NOT NULL,
+    PRIMARY KEY (key, score, seq));
+INSERT INTO waits SELECT * FROM old_waits;
+DROP TABLE old_waits;
+CREATE INDEX waits_by_request ON waits(request_id);
+"""
+
+
+async def test_a_sqlite_lock_database_from_before_waits_kept_their_owner_is_upgraded(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    settings = backend_settings("sqlite", tmp_path)
+
+    async def engine_on(backend: SqliteBackend) -> LockManager:
+        await backend.start()
+        policy = overflow_policy(plugins, settings)
+        return LockManager(backend, engine_settings(settings), overflow=policy, stats=EngineStats())
+
+    first = SqliteBackend.from_settings(settings)
+    assert isinstance(first, SqliteBackend)
+    engine = await engine_on(first)
+    await take(engine, "x", "alice")
+    await take(engine, "y", "bob")
+    await take(engine, "y", "alice")
+    await take(engine, ["x", "y"], "carol")
+    expected = sorted(await first.wait_graph(max_waiting=100))
+    await first.close()
+    with sqlite3.connect(first.path) as db:  # the waits table as an earlier version wrote it
+        db.executescript(OLD_WAITS)
+
+    second = SqliteBackend.from_settings(settings)
+    assert isinstance(second, SqliteBackend)
+    await engine_on(second)
+    try:
+        assert len(expected) == 4 and sorted(await second.wait_graph(max_waiting=100)) == expected
+    finally:
+        await second.close()
 
 
 async def test_queue_approaching_limit_is_logged_at_80_percent(

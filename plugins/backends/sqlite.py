@@ -54,7 +54,7 @@ CREATE INDEX IF NOT EXISTS requests_by_owner ON requests(owner_id);
 CREATE INDEX IF NOT EXISTS requests_by_arrival ON requests(promoted, enqueued_at);
 CREATE TABLE IF NOT EXISTS waits (
     key TEXT NOT NULL, score REAL NOT NULL, seq INTEGER NOT NULL, request_id TEXT NOT NULL,
-    PRIMARY KEY (key, score, seq));
+    owner_id TEXT NOT NULL, PRIMARY KEY (key, score, seq));
 CREATE INDEX IF NOT EXISTS waits_by_request ON waits(request_id);
 CREATE TABLE IF NOT EXISTS outcomes (
     request_id TEXT PRIMARY KEY, body TEXT NOT NULL, finished_at REAL NOT NULL);
@@ -62,6 +62,19 @@ CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes(finished_at);
 """
 
 _GRANT_COLUMNS = "key, owner, token, acquired_at, lease_expires_at, request_id"
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Bring a lock database written by an earlier version up to SCHEMA, in one transaction."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(waits)")}
+    if "owner_id" not in columns:  # each wait keeps its owner since the deadlock sweep reads it
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ALTER TABLE waits ADD COLUMN owner_id TEXT NOT NULL DEFAULT ''")
+        db.execute(
+            "UPDATE waits SET owner_id = coalesce("
+            "(SELECT owner_id FROM requests WHERE requests.id = waits.request_id), '')"
+        )
+        db.execute("COMMIT")
 
 
 def _grant(row: tuple[Any, ...]) -> Grant:
@@ -189,8 +202,11 @@ class SqliteTxn(Txn):
             ),
         )
         self.db.executemany(
-            "INSERT INTO waits VALUES (?, ?, ?, ?)",
-            [(key, request.score, request.seq, request.id) for key in request.keys],
+            "INSERT INTO waits (key, score, seq, request_id, owner_id) VALUES (?, ?, ?, ?, ?)",
+            [
+                (key, request.score, request.seq, request.id, request.owner.id)
+                for key in request.keys
+            ],
         )
 
     def remove_request(self, request_id: str) -> Request | None:
@@ -217,9 +233,8 @@ class SqliteTxn(Txn):
         # Ids straight from the indexed columns, in queue order: no request body is decoded.
         cutoff = self._one("SELECT seq FROM requests ORDER BY seq LIMIT 1 OFFSET ?", limit)
         rows = self._all(
-            "SELECT w.key, w.request_id, r.owner_id, g.owner_id FROM waits w"
-            " JOIN requests r ON r.id = w.request_id LEFT JOIN grants g ON g.key = w.key"
-            " WHERE r.seq < ? ORDER BY w.key, w.score, w.seq",
+            "SELECT w.key, w.request_id, w.owner_id, g.owner_id FROM waits w"
+            " LEFT JOIN grants g ON g.key = w.key WHERE w.seq < ? ORDER BY w.key, w.score, w.seq",
             cutoff[0] if cutoff else 2**63 - 1,
         )
         return edges_in_queues(rows)
@@ -366,6 +381,7 @@ class SqliteBackend(TxnBackend):
                 db.execute(f"PRAGMA synchronous={self.synchronous}")
                 db.execute("BEGIN IMMEDIATE")
                 db.executescript(SCHEMA)  # executescript commits the open transaction
+                _upgrade(db)
             except BaseException:
                 db.close()
                 raise
