@@ -39,6 +39,12 @@ class GrantPage:
     grants: list[Grant]
     next_after: str | None
 
+    @classmethod
+    def of(cls, rows: list[Grant], limit: int) -> GrantPage:
+        """A page from up to `limit` + 1 rows read: the extra row only says that more follow."""
+        page = rows[:limit]
+        return cls(page, page[-1].key if len(rows) > limit and page else None)
+
 
 #: The most waiting requests a snapshot reads (the bound of every whole-graph read).
 SNAPSHOT_LIMIT = 1_000_000

@@ -147,13 +147,10 @@ class TxnBackend(Backend):
         after_key: str | None = None,
         limit: int = 100,
     ) -> GrantPage:
-        def page(tx: Txn) -> GrantPage:
-            rows = tx.list_grants(owner_id, prefix, after_key, limit + 1)
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return GrantPage(rows, rows[-1].key if more and rows else None)
-
-        return await self.run(page, write=False)
+        return await self.run(
+            lambda tx: GrantPage.of(tx.list_grants(owner_id, prefix, after_key, limit + 1), limit),
+            write=False,
+        )
 
     async def queue_summary(self) -> QueueSummary:
         return await self.run(lambda tx: tx.queue_summary(), write=False)

@@ -387,9 +387,7 @@ class RedisBackend(Backend):
         for value in (owner_id, prefix, after_key):
             args += ["0", ""] if value is None else ["1", value]
         rows = list(codec.grants(await self._run("list_grants", *args, limit + 1)))
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return GrantPage(rows, rows[-1].key if more and rows else None)
+        return GrantPage.of(rows, limit)
 
     async def queue_summary(self) -> QueueSummary:
         return codec.queue_summary(await self._run("queue_summary"))
