@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from sidecar.backends.base import Backend
@@ -125,14 +125,16 @@ class MemoryStore(Txn):
 
     def wait_graph(self, limit: int) -> list[EdgeRef]:
         included = None if limit >= len(self.requests) else {r.id for r in self.waiting(limit)}
-        grants, requests = self.grants, self.requests
-        return edges_in_queues(
-            (key, request_id, requests[request_id].owner.id, holder.owner.id if holder else None)
-            for key, queue in self.queues.items()
-            for holder in (grants.get(key),)
-            for _, _, request_id in queue
-            if included is None or request_id in included
-        )
+
+        def rows() -> Iterator[tuple[str, str, str, str | None]]:
+            for key, queue in self.queues.items():
+                grant = self.grants.get(key)
+                holder = grant.owner.id if grant else None
+                for _, _, request_id in queue:
+                    if included is None or request_id in included:
+                        yield key, request_id, self.requests[request_id].owner.id, holder
+
+        return edges_in_queues(rows())
 
     def grants_of_owner(self, owner_id: str) -> list[Grant]:
         return [self.grants[k] for k in sorted(self._owner_grants.get(owner_id, ()))]
