@@ -440,18 +440,15 @@ class RedisBackend(Backend):
         lost = False
         while True:
             try:
-                async with conn.pubsub() as pubsub:
-                    async with asyncio.timeout(conn.attempt_timeout):
-                        await pubsub.subscribe(self.channel)
+                async with conn.subscription(self.channel) as subscription:
                     self._pubsub_state = "subscribed"
                     self._subscribed.set()
                     if lost:
                         log.info("pub/sub to redis at %s restored", conn.where)
                     lost = False
                     backoff.reset()
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
-                            await self._on_message(message["data"])
+                    async for message in subscription.messages():
+                        await self._on_message(message)
             except (rex.RedisError, rex.RedisClusterException, OSError, TimeoutError) as exc:
                 self._subscribed.clear()
                 self._pubsub_state = f"reconnecting: {describe(exc)}"

@@ -27,13 +27,13 @@ from typing import Any, TypeVar
 
 from redis import exceptions as rex
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
+from plugins.backends.redis.pushes import Subscription
 from plugins.backends.redis.resp import Prefix, bulk
 from plugins.backends.redis.topology import describe, mode_of, where
 from sidecar.config import RedisSettings
@@ -306,35 +306,44 @@ class Connection:
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     @contextlib.asynccontextmanager
-    async def pubsub(self) -> AsyncIterator[PubSub]:
-        """A pub/sub connection, closed on exit.
+    async def subscription(self, channel: str) -> AsyncIterator[Subscription]:
+        """A connection of its own subscribed to `channel` (confirmed), closed on exit.
 
-        In Cluster mode a plain connection to one node (each call tries the next): a PUBLISH on
-        any node reaches the subscribers of every node, and a connection of our own is simpler
-        to close than one borrowed from the cluster client's pools.
+        redis-py's connection connects, authenticates and, with Sentinel, finds the master; the
+        messages are then read off its stream by `pushes.Subscription`. In Cluster mode the
+        connection goes to one node (each call tries the next): a PUBLISH on any node reaches
+        the subscribers of every node.
         """
-        if not isinstance(self.client, RedisCluster):
-            pubsub = self.client.pubsub()
-            try:
-                yield pubsub
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            return
-        nodes = [(n.host, int(n.port)) for n in self.client.get_nodes()] or [
-            split_host_port(n) for n in self.settings.cluster_nodes
-        ]
-        self._next_node = (self._next_node + 1) % len(nodes)
-        host, port = nodes[self._next_node]
-        kwargs = _connection_kwargs(self.settings, self.client_name)
-        node = Redis(host=host, port=port, **kwargs)
-        pubsub = node.pubsub()
+        node: Redis | None = None
+        if isinstance(self.client, RedisCluster):
+            nodes = [(n.host, int(n.port)) for n in self.client.get_nodes()] or [
+                split_host_port(n) for n in self.settings.cluster_nodes
+            ]
+            self._next_node = (self._next_node + 1) % len(nodes)
+            host, port = nodes[self._next_node]
+            kwargs = _connection_kwargs(self.settings, self.client_name)
+            node = Redis(host=host, port=port, **kwargs)
+            connection: AbstractConnection = node.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        else:
+            connection = self._new_connection()
         try:
-            yield pubsub
+            async with asyncio.timeout(self.attempt_timeout):
+                await connection.connect()  # type: ignore[no-untyped-call]
+                stream = getattr(connection, "_reader", None)
+                if not isinstance(stream, asyncio.StreamReader):
+                    raise rex.ConnectionError(
+                        "this redis-py version hides the connection's stream; cannot subscribe"
+                    )
+                subscription = Subscription(stream, channel)
+                await connection.send_command("SUBSCRIBE", channel)
+                await subscription.confirmed()
+            yield subscription
         finally:
             with contextlib.suppress(rex.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(rex.RedisError, OSError):
-                await node.aclose()
+                await connection.disconnect()
+            if node is not None:
+                with contextlib.suppress(rex.RedisError, OSError):
+                    await node.aclose()
 
     async def close(self) -> None:
         await self._watchdog.stop()
