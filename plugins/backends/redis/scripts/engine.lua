@@ -396,10 +396,15 @@ function S.optional(i)
   return nil
 end
 
--- One call: what it is about (S.begin), then the operation it names.
+-- One call: what it is about (S.begin), the operation it names, then S.finish.
 function S.main(argv)
   S.begin(argv)
-  local ARGV = argv
+  local answer = S.operation(argv)
+  S.finish()
+  return answer
+end
+
+function S.operation(ARGV)
   if S.OP == 'ping' then
     return 'true'
   elseif S.OP == 'acquire' then
