@@ -94,6 +94,52 @@ async def test_a_release_on_one_replica_wakes_the_waiter_on_another_at_once(
     assert isinstance(result, Granted) and [g.token for g in result.grants] == [2]
 
 
+async def test_a_grant_for_a_request_the_replica_no_longer_remembers_is_read_back_at_once(
+    make_engine: MakeEngine, deployment: Deployment
+) -> None:
+    # A grant message names the request and carries its grants; the replica that queued the
+    # request supplies the rest. One that forgot it (more than REMEMBERED_REQUESTS queued)
+    # reads the grant back from Redis, which claims it.
+    first, second = await make_engine(), await make_engine()
+    await take(first, "k", "alice")
+    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
+    waiter = asyncio.create_task(second.acquire(request, wait))
+    await wait_until(lambda: request.id in backend_of(second)._queued)
+    backend_of(second)._queued.clear()
+    await first.release("alice", ["k"])
+    result = await asyncio.wait_for(waiter, 5)  # no sweeper here: no catch-up either
+    assert isinstance(result, Granted) and result.request.id == request.id
+    assert [(g.owner.id, g.token) for g in result.grants] == [("bob", 2)]
+    pickups = key_base(backend_of(first).settings.key_prefix) + "pickups"
+    unclaimed = []
+    for client in data_servers(deployment):
+        with client:
+            try:
+                unclaimed.append(client.zcard(pickups))
+            except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError):
+                continue  # another node's slot, or a replica
+    assert unclaimed and not any(unclaimed)  # claimed by the read
+
+
+async def test_a_replica_remembers_only_the_requests_still_waiting_on_it(
+    make_engine: MakeEngine,
+) -> None:
+    first, second = await make_engine(), await make_engine()
+    await take(first, ["k", "j"], "alice")
+    handed, wait = second.new_request(["k"], Owner("bob"), wait=10)
+    timing_out, _ = second.new_request(["j"], Owner("carol"), wait=0.2)
+    waiters = [
+        asyncio.create_task(second.acquire(handed, wait)),
+        asyncio.create_task(second.acquire(timing_out, 0.2)),
+    ]
+    await wait_until(lambda: len(backend_of(second)._queued) == 2)
+    await first.release("alice", ["k"])
+    assert isinstance(await asyncio.wait_for(waiters[0], 5), Granted)
+    with pytest.raises(LockError):
+        await asyncio.wait_for(waiters[1], 5)
+    assert backend_of(second)._queued == {}
+
+
 async def test_a_waiter_whose_notification_was_lost_is_granted_by_the_catch_up(
     make_engine: MakeEngine, deployment: Deployment
 ) -> None:

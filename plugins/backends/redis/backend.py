@@ -76,6 +76,9 @@ log = logging.getLogger("enhanced-locking.redis")
 PICKUP_SECONDS = 5.0
 #: How long after answering a handed-on grant's caller the replica confirms it (in a batch).
 CONFIRM_DELAY = 0.01
+#: How many of its queued requests a replica remembers, so that a grant message need not carry
+#: the request (one that is forgotten is read back from Redis when its grant arrives).
+REMEMBERED_REQUESTS = 10_000
 #: How lib.lua's revoke_unclaimed starts the detail of a revoked grant.
 UNCLAIMED = "granted, but replica "
 HASH_TAG = "{locks}"
@@ -149,6 +152,8 @@ class RedisBackend(Backend):
         self._subscribed = asyncio.Event()
         self._pubsub_state = "not started"
         self._unconfirmed: list[str] = []
+        #: Requests this replica queued and waits to hear about, oldest first (see _remember).
+        self._queued: dict[str, Request] = {}
         self._confirmer: asyncio.Task[None] | None = None
         self._ops = 0
 
@@ -206,6 +211,7 @@ class RedisBackend(Backend):
             self._subscriber = None
         if self._confirmer is not None:  # grants already answered: confirm them, do not drop
             await self._confirmer
+        self._queued.clear()
         if self._conn is not None:
             # Requests still queued were asked to stay queued: they outlive this replica.
             with contextlib.suppress(LockError):
@@ -285,7 +291,7 @@ class RedisBackend(Backend):
             max_queue,
             now=now,
         )
-        return codec.acquire_result(data, request)
+        return self._remember(codec.acquire_result(data, request))
 
     async def enqueue_evicting(
         self, request: Request, victim_id: str, *, now: float, max_queue: int
@@ -297,29 +303,34 @@ class RedisBackend(Backend):
             max_queue,
             now=now,
         )
-        return None if data["status"] is None else codec.acquire_result(data, request)
+        if data["status"] is None:
+            return None
+        return self._remember(codec.acquire_result(data, request))
 
     async def release(self, owner_id: str, keys: Sequence[str], *, now: float) -> Change:
         data = await self._run("release", self._op_id(), owner_id, *keys, now=now)
         _raise_for(data)
-        return codec.change(data)
+        return self._forget(codec.change(data))
 
     async def release_owner(self, owner_id: str, *, now: float) -> Change:
-        return codec.change(await self._run("release_owner", self._op_id(), owner_id, now=now))
+        data = await self._run("release_owner", self._op_id(), owner_id, now=now)
+        return self._forget(codec.change(data))
 
     async def force_release(self, keys: Sequence[str], *, now: float) -> Change:
-        return codec.change(await self._run("force_release", self._op_id(), *keys, now=now))
+        data = await self._run("force_release", self._op_id(), *keys, now=now)
+        return self._forget(codec.change(data))
 
     async def cancel(
         self, request_id: str, ending: Ending, *, now: float, detail: str = ""
     ) -> Change:
         data = await self._run("cancel", request_id, str(ending), detail, now=now)
+        self._queued.pop(request_id, None)
         outcome = data["outcome"]
         if isinstance(outcome, dict):
             # It had already been granted or ended elsewhere: tell this replica's waiter now,
             # so that a grant racing with the cancel is taken (and released) by the canceller.
             await self._deliver(outcome)
-        return codec.change(data["change"])
+        return self._forget(codec.change(data["change"]))
 
     async def renew(
         self, owner_id: str, keys: Sequence[str], lease_seconds: float, *, now: float
@@ -333,7 +344,7 @@ class RedisBackend(Backend):
     ) -> Change:
         promote = "" if promote_enqueued_before is None else codec.number(promote_enqueued_before)
         data = await self._run("sweep", promote, batch, codec.number(PROMOTED_OFFSET), now=now)
-        change = codec.change(data)
+        change = self._forget(codec.change(data))
         for ended in change.ended:
             if ended.detail.startswith(UNCLAIMED):
                 log.warning(
@@ -363,6 +374,7 @@ class RedisBackend(Backend):
                     else {}
                 ),
             )
+        self._queued.pop(request_id, None)
         return RequestState(request_id, str(data["state"]), outcome=codec.outcome(data["outcome"]))
 
     async def key_state(self, key: str, *, max_waiting: int) -> KeyState:
@@ -464,24 +476,66 @@ class RedisBackend(Backend):
                     )
                 await asyncio.sleep(delay)
 
+    def _remember(self, result: AcquireResult) -> AcquireResult:
+        """Keep a request this replica queued: its grant message then carries only the grants.
+
+        At most REMEMBERED_REQUESTS, the oldest forgotten first; requests left queued on
+        purpose (stay-queued) may never hear back, and a forgotten one costs one read when its
+        grant comes.
+        """
+        self._forget(result.change)
+        if result.status == "queued":
+            if len(self._queued) >= REMEMBERED_REQUESTS:
+                del self._queued[next(iter(self._queued))]
+            self._queued[result.request.id] = result.request
+        return result
+
+    def _forget(self, change: Change) -> Change:
+        """Requests granted or ended by this replica's own calls: no message will come."""
+        for handoff in change.granted:
+            self._queued.pop(handoff.request.id, None)
+        for ended in change.ended:
+            self._queued.pop(ended.request.id, None)
+        return change
+
     async def _on_message(self, raw: bytes | str) -> None:
         """A grant or an end another replica made for a request waiting here: tell the waiter.
 
         A grant is answered at once, then confirmed (claimed) with one more call, which keeps
-        it from being revoked as the grant of a dead replica.
+        it from being revoked as the grant of a dead replica. Its message names the request
+        and carries the grants: the request is the one this replica queued (a grant of a
+        request it no longer remembers is read back from Redis, which claims it too).
         """
         try:
             message = json.loads(raw)
             kind = message.get("t")
             if kind == "g":
-                await self._on_grant(codec.handoff_of(message))
-                self._unconfirmed.append(str(message["id"]))
+                request_id = str(message["id"])
+                request = self._queued.pop(request_id, None)
+                if request is None:
+                    await self._read_back(request_id)
+                    return
+                grants = codec.grants(message["grants"], request.owner)
+                await self._on_grant(Handoff(request, grants))
+                self._unconfirmed.append(request_id)
                 if self._confirmer is None or self._confirmer.done():
                     self._confirmer = asyncio.create_task(self._confirm())
             elif kind == "e":
-                await self._on_end(codec.ended(message))
+                ended = codec.ended(message)
+                self._queued.pop(ended.request.id, None)
+                await self._on_end(ended)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on %s", self.channel)
+
+    async def _read_back(self, request_id: str) -> None:
+        """The grant of a request this replica no longer remembers: read (and so claim) it."""
+        try:
+            data = await self._run("request_state", request_id)
+        except LockError as exc:
+            log.warning("could not read the grant of request %s: %s", request_id, exc)
+            return  # the waiter's catch-up asks again; unclaimed, the grant is revoked
+        if isinstance(data, dict) and isinstance(data.get("outcome"), dict):
+            await self._deliver(data["outcome"])
 
     async def _confirm(self) -> None:
         """Claim, in one call, the grants answered in the last moment.

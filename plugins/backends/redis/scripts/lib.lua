@@ -375,9 +375,10 @@ function S.hand_on(keyset)
       if r and S.grantable(r, known, key) then
         S.remove_request(r.id, r)
         local grants = S.grant_request(r, known)
-        -- The request (as stored) and its grants go, encoded once, into the outcome, the
-        -- notification and the answer alike.
-        local body = '"request":' .. stored .. ',"grants":' .. S.arr(grants)
+        -- The request (as stored) and its grants go, encoded once, into the outcome and the
+        -- answer; the waiting replica has the request and is sent the grants only.
+        local grants_json = S.arr(grants)
+        local body = '"request":' .. stored .. ',"grants":' .. grants_json
         local id = S.enc(r.id)
         redis.call('HSET', S.K_OUTCOMES, r.id, '{"request_id":' .. id
           .. ',"ending":"granted","finished_at":' .. S.enc(S.NOW_S) .. ',"tokens":'
@@ -386,7 +387,7 @@ function S.hand_on(keyset)
         redis.call('ZADD', S.K_OUTCOME_TIMES, S.NOW_S, r.id)
         if S.remote(r) then
           redis.call('ZADD', S.K_PICKUPS, S.fmt(S.NOW + S.PICKUP_SECONDS), r.id)
-          redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',' .. body .. '}')
+          redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',"grants":' .. grants_json .. '}')
         end
         S.push(handoffs, { request = r, grants = grants, json = '{' .. body .. '}' })
       end
