@@ -363,6 +363,26 @@ function S.tokens_of(grants)
   return tokens
 end
 
+-- `r` (read as `stored`) has just been granted `grants`: record how it ended, tell its replica
+-- if another one waits for it, and answer the handoff's JSON. The request as stored and its
+-- grants are encoded once, for the outcome and the answer; the waiting replica has the request
+-- and is sent the grants only.
+function S.handed(r, stored, grants)
+  local grants_json = S.arr(grants)
+  local body = '"request":' .. stored .. ',"grants":' .. grants_json
+  local id = S.enc(r.id)
+  redis.call('HSET', S.K_OUTCOMES, r.id, '{"request_id":' .. id
+    .. ',"ending":"granted","finished_at":' .. S.enc(S.NOW_S) .. ',"tokens":'
+    .. S.enc(S.tokens_of(grants)) .. ',"detail":"",' .. body .. ',"replica":'
+    .. S.enc(r.replica or '') .. '}')
+  redis.call('ZADD', S.K_OUTCOME_TIMES, S.NOW_S, r.id)
+  if S.remote(r) then
+    redis.call('ZADD', S.K_PICKUPS, S.fmt(S.NOW + S.PICKUP_SECONDS), r.id)
+    redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',"grants":' .. grants_json .. '}')
+  end
+  return '{' .. body .. '}'
+end
+
 -- Grant the head of each key's queue if every key of that head is now grantable.
 function S.hand_on(keyset)
   local handoffs = {}
@@ -375,21 +395,7 @@ function S.hand_on(keyset)
       if r and S.grantable(r, known, key) then
         S.remove_request(r.id, r)
         local grants = S.grant_request(r, known)
-        -- The request (as stored) and its grants go, encoded once, into the outcome and the
-        -- answer; the waiting replica has the request and is sent the grants only.
-        local grants_json = S.arr(grants)
-        local body = '"request":' .. stored .. ',"grants":' .. grants_json
-        local id = S.enc(r.id)
-        redis.call('HSET', S.K_OUTCOMES, r.id, '{"request_id":' .. id
-          .. ',"ending":"granted","finished_at":' .. S.enc(S.NOW_S) .. ',"tokens":'
-          .. S.enc(S.tokens_of(grants)) .. ',"detail":"",' .. body .. ',"replica":'
-          .. S.enc(r.replica or '') .. '}')
-        redis.call('ZADD', S.K_OUTCOME_TIMES, S.NOW_S, r.id)
-        if S.remote(r) then
-          redis.call('ZADD', S.K_PICKUPS, S.fmt(S.NOW + S.PICKUP_SECONDS), r.id)
-          redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',"grants":' .. grants_json .. '}')
-        end
-        S.push(handoffs, { request = r, grants = grants, json = '{' .. body .. '}' })
+        S.push(handoffs, { request = r, grants = grants, json = S.handed(r, stored, grants) })
       end
     end
   end
