@@ -112,8 +112,8 @@ end
 
 -- The usual release straight through: one key, let go by its holder, and handed to the next
 -- waiter when that one wants this key alone. The steps S.free and S.hand_on take for it, with
--- fewer tables and loops: a handoff across replicas waits for this script (~30 us less, cold).
--- nil, having changed nothing, when it is not that case.
+-- fewer tables and loops: a handoff across replicas waits for this script (80 us instead of
+-- 92-94, one call at a time). nil, having changed nothing, when it is not that case.
 function S.release_one(key, owner_id)
   local raw = redis.call('HGET', S.K_GRANTS, key)
   if not raw then return nil end
