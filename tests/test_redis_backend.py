@@ -194,6 +194,83 @@ async def test_a_grant_its_replica_never_claims_is_revoked_and_the_key_handed_on
     assert state is not None and state.state == "cancelled"
 
 
+def on_master(deployment: Deployment, read: Callable[[redis.Redis], Any]) -> Any:
+    """`read` on the server that holds the lock space (in a Cluster, the master of its slot)."""
+    for client in data_servers(deployment):
+        with client:
+            try:
+                return read(client)
+            except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError):
+                continue  # another node's slot, or a replica
+    raise AssertionError("no server answered for the lock space")
+
+
+def index_entries(deployment: Deployment, engine: LockManager, request_id: str) -> list[str]:
+    """The indexes (besides its queues) that still name a request: none once it has gone."""
+    backend = backend_of(engine)
+    base = key_base(backend.settings.key_prefix)
+
+    def read(client: redis.Redis) -> list[str]:
+        found = [
+            name
+            for name in ("deadlines", "enqueued", "arrivals", "waiting", "pickups")
+            if client.zscore(base + name, request_id) is not None
+        ]
+        found += [
+            name
+            for name in ("owner-requests:bob", f"replica-requests:{backend.replica}")
+            if client.sismember(base + name, request_id)
+        ]
+        found += [w.decode() for w in client.zrange(base + "all-waits", 0, -1)]
+        found += [k.decode() for k in client.smembers(base + "queued-keys")]
+        found += ["form"] * client.exists(base + "form:" + request_id)
+        counts = client.hvals(base + "by-priority")
+        return found + [f"priority count {int(n)}" for n in counts if int(n)]
+
+    found: list[str] = on_master(deployment, read)
+    return found
+
+
+async def test_a_request_handed_on_straight_leaves_its_indexes_to_whoever_reads_them_first(
+    make_engine: MakeEngine, deployment: Deployment
+) -> None:
+    # The release that hands a key to a waiter on another replica does the least it can while
+    # that waiter waits for it: the request's indexes follow when its replica claims the grant,
+    # or when an operation that reads them comes first. Here the claim never comes.
+    clock = Clock()
+    alive = await make_engine(clock)
+    ghost = await make_engine(clock, redis__retry_delay=60.0)
+    await take(alive, "k", "holder")
+    request, _ = ghost.new_request(["k"], Owner("bob"), wait=60)
+    queued = await ghost.backend.acquire(request, now=clock.now, queue_if_busy=True, max_queue=9)
+    assert queued.status == "queued"
+    kill_pubsub_connections(deployment)
+    await wait_until(lambda: str(backend_of(ghost).describe()["pubsub"]).startswith("reconn"))
+
+    await alive.release("holder", ["k"])
+    assert await holder(alive, "k") == "bob"
+    assert "deadlines" in index_entries(deployment, ghost, request.id)  # left for later
+    summary = await alive.backend.queue_summary()
+    assert (summary.depth, summary.by_priority, summary.keys_with_waiters) == (0, {}, 0)
+    assert summary.oldest_enqueued_at is None
+    assert index_entries(deployment, ghost, request.id) == ["pickups"]  # still to be claimed
+
+
+async def test_a_claimed_handoff_leaves_no_trace_of_its_request(
+    make_engine: MakeEngine, deployment: Deployment
+) -> None:
+    first, second = await make_engine(), await make_engine()
+    await take(first, "k", "alice")
+    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
+    waiter = asyncio.create_task(second.acquire(request, wait))
+    await wait_until(lambda: request.id in backend_of(second)._queued)
+    await asyncio.sleep(0.05)
+    assert index_entries(deployment, second, request.id)  # while it waits
+    await first.release("alice", ["k"])
+    assert isinstance(await asyncio.wait_for(waiter, 5), Granted)
+    await wait_until(lambda: not index_entries(deployment, second, request.id))
+
+
 async def test_a_stopped_replicas_stay_queued_request_is_still_granted_later(
     make_engine: MakeEngine,
 ) -> None:

@@ -18,6 +18,7 @@ local S = {}
 -- A grant handed to a request waiting on another replica must be claimed by that replica
 -- within this many seconds; otherwise the replica is taken for dead and the grant is revoked.
 S.PICKUP_SECONDS = 5
+S.SETTLE_LIMIT = 1000     -- at most this many handed-on requests are settled per call
 S.OP_RECORD_MS = 120000   -- how long a retried release finds its first answer
 S.A = 6                   -- the first argument of the operation itself
 
@@ -50,7 +51,7 @@ function S.begin(argv)
   S.K_QUEUED_KEYS = S.B .. 'queued-keys'  -- set: lock keys with a non-empty queue
   S.K_OUTCOMES = S.B .. 'outcomes'        -- hash: request id -> how it ended (JSON)
   S.K_OUTCOME_TIMES = S.B .. 'outcome-times'  -- zset: request ids by end time
-  S.K_PICKUPS = S.B .. 'pickups'          -- zset: handed-on request ids by claim deadline
+  S.K_PICKUPS = S.B .. 'pickups'          -- zset: handed-on, unclaimed request ids by handoff time
 end
 
 function S.k_queue(key) return S.B .. 'q:' .. key end
@@ -58,6 +59,7 @@ function S.k_owner_grants(owner) return S.B .. 'owner-grants:' .. owner end
 function S.k_owner_requests(owner) return S.B .. 'owner-requests:' .. owner end
 function S.k_replica_requests(replica) return S.B .. 'replica-requests:' .. replica end
 function S.k_op(id) return S.B .. 'op:' .. id end
+function S.k_form(id) return S.B .. 'form:' .. id end   -- hash: S.put_form
 function S.channel(replica) return S.B .. 'replica:' .. replica end
 
 
@@ -232,6 +234,19 @@ function S.add_request(r)
   redis.call('HINCRBY', S.K_PRIORITIES, r.priority, 1)
   redis.call('SADD', S.k_owner_requests(r.owner.id), r.id)
   if r.replica ~= '' then redis.call('SADD', S.k_replica_requests(r.replica), r.id) end
+  S.put_form(r)
+end
+
+-- A request for one key, without a lease, whose caller waits on a replica: when another
+-- replica's release hands it the key, that release takes the straight path (S.hand_straight),
+-- which reads these pieces of its grant, outcome and message, encoded once, here, and so
+-- decodes and encodes nothing. (On Redis, every piece of code a call runs for the first time
+-- in a while costs several microseconds, and the waiter waits for all of it.)
+function S.put_form(r)
+  if #r.keys ~= 1 or S.has_lease(r) or (r.replica or '') == '' then return end
+  redis.call('HSET', S.k_form(r.id), 'owner', r.owner.id, 'replica', r.replica,
+    'owner_json', S.enc(r.owner), 'key_json', S.enc(r.keys[1]), 'id_json', S.enc(r.id),
+    'replica_json', S.enc(r.replica))
 end
 
 -- A double as 16 hex digits whose byte order is the numbers' order: its big-endian bits with the
@@ -261,20 +276,39 @@ function S.remove_request(id, loaded)
   if not r then return nil end
   redis.call('HDEL', S.K_REQUESTS, id)
   local m = S.member(r)
-  for _, key in ipairs(r.keys) do
-    local q = S.k_queue(key)
-    redis.call('ZREM', q, m)
-    redis.call('ZREM', S.K_ALL_WAITS, S.wait_member(key, r))
-    if redis.call('EXISTS', q) == 0 then redis.call('SREM', S.K_QUEUED_KEYS, key) end
-  end
+  for _, key in ipairs(r.keys) do redis.call('ZREM', S.k_queue(key), m) end
   redis.call('ZREM', S.K_WAITING, id)
-  redis.call('ZREM', S.K_DEADLINES, id)
-  redis.call('ZREM', S.K_ENQUEUED, id)
-  redis.call('ZREM', S.K_ARRIVALS, id)
-  redis.call('HINCRBY', S.K_PRIORITIES, r.priority, -1)
-  redis.call('SREM', S.k_owner_requests(r.owner.id), id)
-  if r.replica ~= '' then redis.call('SREM', S.k_replica_requests(r.replica), id) end
+  S.unindex(r)
   return r
+end
+
+-- The rest of removing a request that has left its queues and `waiting`: the indexes that only
+-- the sweep, the queue summary, the deadlock search and per-owner or per-replica reads use.
+-- S.hand_straight leaves this for later (S.settle); a request has a deadline until it ran.
+function S.unindex(r)
+  if redis.call('ZREM', S.K_DEADLINES, r.id) == 0 then return end
+  for _, key in ipairs(r.keys) do
+    redis.call('ZREM', S.K_ALL_WAITS, S.wait_member(key, r))
+    if redis.call('EXISTS', S.k_queue(key)) == 0 then redis.call('SREM', S.K_QUEUED_KEYS, key) end
+  end
+  redis.call('ZREM', S.K_ENQUEUED, r.id)
+  redis.call('ZREM', S.K_ARRIVALS, r.id)
+  redis.call('HINCRBY', S.K_PRIORITIES, r.priority, -1)
+  redis.call('SREM', S.k_owner_requests(r.owner.id), r.id)
+  if (r.replica or '') ~= '' then redis.call('SREM', S.k_replica_requests(r.replica), r.id) end
+  redis.call('DEL', S.k_form(r.id))
+end
+
+-- Finish removing the requests S.hand_straight handed on (those still with a deadline): called
+-- first by every operation that reads the indexes S.unindex keeps. Normally there are none:
+-- their replicas claim them (S.claim) within milliseconds.
+function S.settle()
+  for _, id in ipairs(redis.call('ZRANGE', S.K_PICKUPS, 0, S.SETTLE_LIMIT - 1)) do
+    if redis.call('ZSCORE', S.K_DEADLINES, id) then
+      local o = S.get_outcome(id)
+      if o then S.unindex(o.request) end
+    end
+  end
 end
 
 function S.waiting_count() return redis.call('ZCARD', S.K_WAITING) end
@@ -377,7 +411,7 @@ function S.handed(r, stored, grants)
     .. S.enc(r.replica or '') .. '}')
   redis.call('ZADD', S.K_OUTCOME_TIMES, S.NOW_S, r.id)
   if S.remote(r) then
-    redis.call('ZADD', S.K_PICKUPS, S.fmt(S.NOW + S.PICKUP_SECONDS), r.id)
+    redis.call('ZADD', S.K_PICKUPS, S.NOW_S, r.id)
     redis.call('PUBLISH', S.channel(r.replica), '{"t":"g","id":' .. id .. ',"grants":' .. grants_json .. '}')
   end
   return '{' .. body .. '}'
@@ -469,6 +503,7 @@ function S.revoke_unclaimed(id, batch)
   redis.call('ZREM', S.K_PICKUPS, id)
   local o = S.get_outcome(id)
   if not o or o.ending ~= 'granted' then return change end
+  S.unindex(o.request)
   local replica = o.replica or ''
   local detail = 'granted, but replica ' .. replica .. ' did not claim it within '
     .. S.PICKUP_SECONDS .. 's; revoked'
@@ -492,6 +527,8 @@ end
 -- The outcome of a handed-on request, claimed: whoever reads a grant has picked it up.
 function S.claim(id)
   local o = S.get_outcome(id)
-  if o and o.ending == 'granted' then redis.call('ZREM', S.K_PICKUPS, id) end
+  if o and o.ending == 'granted' and redis.call('ZREM', S.K_PICKUPS, id) == 1 then
+    S.unindex(o.request)
+  end
   return o
 end
