@@ -342,6 +342,32 @@ async def test_repeating_an_operation_whose_answer_was_lost_does_not_do_it_twice
     assert granted["status"] == "granted" and granted["grants"][0]["token"] == 2
 
 
+async def test_answers_kept_for_retried_releases_are_forgotten_after_two_minutes(
+    make_engine: MakeEngine, deployment: Deployment
+) -> None:
+    clock = Clock()
+    engine = await make_engine(clock)
+    ops = key_base(backend_of(engine).settings.key_prefix) + "ops"
+
+    def kept() -> int:
+        count: int = on_master(deployment, lambda client: client.hlen(ops))
+        return count
+
+    for key in ("k1", "k2", "k3", "k4"):
+        await take(engine, key, "alice")
+    await engine.release("alice", ["k1"])
+    await engine.release("alice", ["k2"])
+    clock.advance(60)
+    await engine.release("alice", ["k3"])
+    assert kept() == 3
+    clock.advance(61)  # the first two are past their two minutes; each release forgets two
+    await engine.release("alice", ["k4"])
+    assert kept() == 2
+    clock.advance(120)  # nobody releases any more: the sweep forgets the rest
+    await engine.sweep_once()
+    assert kept() == 0
+
+
 @pytest.fixture(params=[True, False], ids=["functions", "scripts"])
 async def make_replica(
     request: pytest.FixtureRequest, backend_name: str, plugins: Plugins, tmp_path: Path

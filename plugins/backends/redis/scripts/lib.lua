@@ -19,7 +19,7 @@ local S = {}
 -- within this many seconds; otherwise the replica is taken for dead and the grant is revoked.
 S.PICKUP_SECONDS = 5
 S.SETTLE_LIMIT = 1000     -- at most this many handed-on requests are settled per call
-S.OP_RECORD_MS = 120000   -- how long a retried release finds its first answer
+S.OP_RECORD_SECONDS = 120 -- how long a retried release finds its first answer
 S.A = 6                   -- the first argument of the operation itself
 
 -- What this call is about, from its arguments: set first, read by everything below.
@@ -52,13 +52,14 @@ function S.begin(argv)
   S.K_OUTCOMES = S.B .. 'outcomes'        -- hash: request id -> how it ended (JSON)
   S.K_OUTCOME_TIMES = S.B .. 'outcome-times'  -- zset: request ids by end time
   S.K_PICKUPS = S.B .. 'pickups'          -- zset: handed-on, unclaimed request ids by handoff time
+  S.K_OPS = S.B .. 'ops'                  -- hash: release id -> its answer (S.recorded)
+  S.K_OP_TIMES = S.B .. 'op-times'        -- zset: release ids by time
 end
 
 function S.k_queue(key) return S.B .. 'q:' .. key end
 function S.k_owner_grants(owner) return S.B .. 'owner-grants:' .. owner end
 function S.k_owner_requests(owner) return S.B .. 'owner-requests:' .. owner end
 function S.k_replica_requests(replica) return S.B .. 'replica-requests:' .. replica end
-function S.k_op(id) return S.B .. 'op:' .. id end
 function S.k_form(id) return S.B .. 'form:' .. id end   -- hash: S.put_form
 function S.channel(replica) return S.B .. 'replica:' .. replica end
 
