@@ -82,6 +82,8 @@ REMEMBERED_REQUESTS = 10_000
 #: How lib.lua's revoke_unclaimed starts the detail of a revoked grant.
 UNCLAIMED = "granted, but replica "
 HASH_TAG = "{locks}"
+#: The operations a caller waits for that can hand a key to a waiter on another replica.
+HANDS_ON = frozenset({"release", "release_owner", "force_release", "cancel"})
 
 
 def library_source() -> str:
@@ -246,6 +248,7 @@ class RedisBackend(Backend):
         """
         conn = self._connection()
         now_text = codec.number(now)
+        last = op in HANDS_ON  # the waiting replica's grant message goes out first
 
         async def attempt(n: int) -> Any:
             retry = "1" if n else "0"
@@ -253,16 +256,22 @@ class RedisBackend(Backend):
                 await self._load_function(conn)
             if self.functions:
                 try:
-                    return await conn.command(self._fcall, op, now_text, retry, *args)
+                    return await conn.command(
+                        self._fcall, op, now_text, retry, *args, answer_last=last
+                    )
                 except conn.ResponseError as exc:
                     if "Function not found" not in str(exc):
                         raise
                     await self._load_function(conn)  # a restart or fail-over lost it
-                    return await conn.command(self._fcall, op, now_text, retry, *args)
+                    return await conn.command(
+                        self._fcall, op, now_text, retry, *args, answer_last=last
+                    )
             try:
-                return await conn.command(self._evalsha, op, now_text, retry, *args)
+                return await conn.command(
+                    self._evalsha, op, now_text, retry, *args, answer_last=last
+                )
             except conn.NoScriptError:  # a restart or fail-over lost it: send it again
-                return await conn.command(self._eval, op, now_text, retry, *args)
+                return await conn.command(self._eval, op, now_text, retry, *args, answer_last=last)
 
         return json.loads(await conn.call(op, attempt, retries=retries))
 
