@@ -97,20 +97,25 @@ end
 -- a release could free a key that was meanwhile handed to someone else. The answers share one
 -- hash: a key of its own with an expiry made a handoff across replicas 7% slower. Each call
 -- forgets up to two answers past their time, so the hash cannot outgrow the releases of
--- OP_RECORD_SECONDS; the sweep forgets the rest when releases stop.
+-- OP_RECORD_SECONDS; the sweep forgets the rest when releases stop (S.forget_answers).
 function S.recorded(op_id, answer)
   redis.call('HSET', S.K_OPS, op_id, answer)
   redis.call('ZADD', S.K_OP_TIMES, S.NOW_S, op_id)
-  S.forget_answers(2)
+  local oldest = redis.call('ZRANGE', S.K_OP_TIMES, 0, 1, 'WITHSCORES')
+  for i = 1, #oldest, 2 do
+    if tonumber(oldest[i + 1]) > S.NOW - S.OP_RECORD_SECONDS then break end
+    redis.call('HDEL', S.K_OPS, oldest[i])
+    redis.call('ZREM', S.K_OP_TIMES, oldest[i])
+  end
   return answer
 end
 
 function S.forget_answers(limit)
-  local oldest = redis.call('ZRANGE', S.K_OP_TIMES, 0, limit - 1, 'WITHSCORES')
-  for i = 1, #oldest, 2 do
-    if tonumber(oldest[i + 1]) > S.NOW - S.OP_RECORD_SECONDS then return end
-    redis.call('HDEL', S.K_OPS, oldest[i])
-    redis.call('ZREM', S.K_OP_TIMES, oldest[i])
+  local old = redis.call('ZRANGEBYSCORE', S.K_OP_TIMES, '-inf',
+    S.fmt(S.NOW - S.OP_RECORD_SECONDS), 'LIMIT', 0, math.min(limit, S.CHUNK))
+  if #old > 0 then
+    redis.call('HDEL', S.K_OPS, unpack(old))
+    redis.call('ZREM', S.K_OP_TIMES, unpack(old))
   end
 end
 
