@@ -10,7 +10,8 @@ from one sidecar replica to another.
 - **handoff across two replicas**: two engines in this process, each with its own backend (its
   own replica id, connections and pub/sub subscriber): the holder releases on one, the waiter on
   the other is granted. python-redis-lock's handoff is measured the way its users see it: the
-  holder releases, and a waiter blocked in another process returns from `acquire`.
+  holder releases, and a waiter blocked in another process returns from `acquire`. The two are
+  taken in alternating blocks, so that the machine's drift does not fall on one of them.
 
 Everything lives under a scratch key prefix (`<key-prefix>bench-<pid>:`), removed at the end; the
 live lock space under `key-prefix` itself is never read or written.
@@ -19,13 +20,14 @@ live lock space under `key-prefix` itself is never read or written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     import redis
 
 TARGET_PEER_RATIO = 1.0
+#: Our handoffs and python-redis-lock's are measured in this many alternating blocks each.
+HANDOFF_BLOCKS = 5
 TARGET_REPLICA_HANDOFF_P50_MS = 2.0
 #: How long a lock key of a peer lives if the benchmark dies holding it.
 PEER_EXPIRE_SECONDS = 10
@@ -271,8 +275,10 @@ def _blocked_clients(client: redis.Redis | redis.RedisCluster, key: str) -> int:
     return sum("b" in c.get("flags", "") for c in clients)
 
 
-def python_redis_lock_handoffs(ctx: Context) -> Measured:
-    """The holder (here) releases; a waiter blocked in another process returns from acquire."""
+@contextlib.contextmanager
+def python_redis_lock_handoffs(ctx: Context) -> Iterator[Callable[[], float]]:
+    """Rounds of: the holder (here) releases; a waiter blocked in another process returns from
+    acquire. Each round blocks: run them in a thread."""
     import redis_lock
 
     name = _tagged(ctx, "prl:handoff")
@@ -299,22 +305,13 @@ def python_redis_lock_handoffs(ctx: Context) -> Measured:
             returned: float = ours.recv()
             return returned - released
 
-        for _ in range(WARMUP_HANDOFFS):
-            one_round()
-        samples: list[float] = []
-        start = time.perf_counter()
-        deadline = start + ctx.seconds
-        while len(samples) < MAX_HANDOFFS and time.perf_counter() < deadline:
-            samples.append(one_round())
-        elapsed = time.perf_counter() - start
+        yield one_round
     finally:
         ours.send("stop")
         waiter.join(5)
         if waiter.is_alive():
             waiter.kill()
         client.close()
-    samples.sort()
-    return Measured(len(samples), elapsed, samples)
 
 
 # -- our handoff across two replicas -------------------------------------------------------------
@@ -358,10 +355,11 @@ def _replica_process(settings: Settings, key: str, owner: str, pipe: Pipe) -> No
         runner.run(serve())
 
 
-async def replica_handoffs(ctx: Context) -> Measured:
-    """The holder releases on this replica once the waiter, queued through another replica in
-    another process, waits; the waiter is granted (pub/sub) and its acquire returns. Measured
-    the way python-redis-lock's handoff is, so that the two figures compare."""
+@contextlib.asynccontextmanager
+async def replica_handoffs(ctx: Context) -> AsyncIterator[Callable[[], Awaitable[float]]]:
+    """Rounds of: the holder releases on this replica once the waiter, queued through another
+    replica in another process, waits; the waiter is granted (pub/sub) and its acquire returns.
+    Measured the way python-redis-lock's handoff is, so that the two figures compare."""
     loop = asyncio.get_running_loop()
     key = f"{ctx.prefix}across-replicas"
     holder, waiting = Owner(f"bench-{os.getpid()}-ra"), f"bench-{os.getpid()}-rb"
@@ -394,14 +392,7 @@ async def replica_handoffs(ctx: Context) -> Measured:
                 return returned - released
 
             try:
-                for _ in range(WARMUP_HANDOFFS):
-                    await one_round()
-                samples: list[float] = []
-                start = time.perf_counter()
-                deadline = start + ctx.seconds
-                while len(samples) < MAX_HANDOFFS and time.perf_counter() < deadline:
-                    samples.append(await one_round())
-                elapsed = time.perf_counter() - start
+                yield one_round
             finally:
                 await _let_go(engine, [holder, Owner(waiting)])
     finally:
@@ -409,8 +400,43 @@ async def replica_handoffs(ctx: Context) -> Measured:
         await loop.run_in_executor(None, other.join, 10)
         if other.is_alive():
             other.kill()
-    samples.sort()
-    return Measured(len(samples), elapsed, samples)
+
+
+def _rounds_for(one_round: Callable[[], float], seconds: float, limit: int) -> list[float]:
+    """As many rounds as `seconds` allow, at most `limit` (in a thread)."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < limit and time.perf_counter() < deadline:
+        samples.append(one_round())
+    return samples
+
+
+async def handoffs(ctx: Context, *, with_peer: bool) -> tuple[Measured, Measured | None]:
+    """Our handoffs across replicas and, when `with_peer`, python-redis-lock's, taken in
+    HANDOFF_BLOCKS alternating blocks: on these machines speed drifts within seconds, and two
+    figures taken one after the other compared that drift as much as the two handoffs."""
+    loop = asyncio.get_running_loop()
+    block = ctx.seconds / HANDOFF_BLOCKS
+    ours: list[float] = []
+    theirs: list[float] = []
+    async with contextlib.AsyncExitStack() as stack:
+        our_round = await stack.enter_async_context(replica_handoffs(ctx))
+        their_round = stack.enter_context(python_redis_lock_handoffs(ctx)) if with_peer else None
+        for _ in range(WARMUP_HANDOFFS):
+            await our_round()
+        if their_round is not None:
+            await loop.run_in_executor(None, _rounds_for, their_round, 60.0, WARMUP_HANDOFFS)
+        for _ in range(HANDOFF_BLOCKS):
+            deadline = time.perf_counter() + block
+            while len(ours) < MAX_HANDOFFS and time.perf_counter() < deadline:
+                ours.append(await our_round())
+            if their_round is not None:
+                theirs += await loop.run_in_executor(
+                    None, _rounds_for, their_round, block, MAX_HANDOFFS - len(theirs)
+                )
+    return Measured(len(ours), ctx.seconds, sorted(ours)), (
+        Measured(len(theirs), ctx.seconds, sorted(theirs)) if with_peer else None
+    )
 
 
 # -- putting it together -------------------------------------------------------------------------
@@ -440,11 +466,9 @@ async def measure_peers(ctx: Context) -> Peers:
     if have_prl:
         _progress(f"peer python-redis-lock pairs ({ctx.seconds:g}s)")
         prl = await loop.run_in_executor(None, python_redis_lock_pairs, ctx)
-    _progress(f"handoffs across two replicas ({ctx.seconds:g}s)")
-    replicas = await replica_handoffs(ctx)
-    if have_prl:
-        _progress(f"peer python-redis-lock handoffs ({ctx.seconds:g}s)")
-        prl_handoffs = await loop.run_in_executor(None, python_redis_lock_handoffs, ctx)
+    peer = " and peer python-redis-lock's, alternating" if have_prl else ""
+    _progress(f"handoffs across two replicas{peer} ({ctx.seconds:g}s each)")
+    replicas, prl_handoffs = await handoffs(ctx, with_peer=have_prl)
     return Peers(transport, bare, redis_py, prl, replicas, prl_handoffs)
 
 
