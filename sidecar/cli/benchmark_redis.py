@@ -317,6 +317,33 @@ def python_redis_lock_handoffs(ctx: Context) -> Iterator[Callable[[], float]]:
 # -- our handoff across two replicas -------------------------------------------------------------
 
 
+async def _received(pipe: Pipe) -> Any:
+    """The next object from `pipe`, read when the event loop sees it ready: no thread to wake
+    (which, on a small machine, took a CPU from the very processes being measured)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(pipe.fileno(), readable)
+    try:
+        if not pipe.poll():
+            await ready
+    finally:
+        loop.remove_reader(pipe.fileno())
+    return pipe.recv()
+
+
+async def _from_replica(pipe: Pipe, seconds: float, what: str) -> Any:
+    try:
+        async with asyncio.timeout(seconds):
+            return await _received(pipe)
+    except TimeoutError:
+        raise BenchmarkError(f"handoff across replicas: the other replica {what}") from None
+
+
 def _replica_process(settings: Settings, key: str, owner: str, pipe: Pipe) -> None:
     """The other replica, in a process of its own (own backend, replica id, subscriber, event
     loop): on each "wait", acquire `key` (queued behind the holder, granted by the holder's
@@ -332,7 +359,6 @@ def _replica_process(settings: Settings, key: str, owner: str, pipe: Pipe) -> No
     from sidecar.runtime import ConfigSource, Runtime
 
     async def serve() -> None:
-        loop = asyncio.get_running_loop()
         plugins = Plugins.load(env=dict(os.environ), entry_points=False)
         runtime = Runtime.build(settings, plugins, ConfigSource(None, {}))
         async with _running(runtime) as engine:
@@ -345,7 +371,7 @@ def _replica_process(settings: Settings, key: str, owner: str, pipe: Pipe) -> No
 
             engine.on_wait = checked
             pipe.send("ready")
-            while await loop.run_in_executor(None, pipe.recv) == "wait":
+            while await _received(pipe) == "wait":
                 await _grab(engine, key, Owner(owner))
                 returned = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
                 await engine.release(owner, [key])
@@ -372,23 +398,18 @@ async def replica_handoffs(ctx: Context) -> AsyncIterator[Callable[[], Awaitable
     )
     other.start()
     try:
-        if not await loop.run_in_executor(None, ours.poll, 30.0):
-            raise BenchmarkError("handoff across replicas: the other replica did not start")
-        ours.recv()
+        await _from_replica(ours, 30.0, "did not start")
         async with _running(ctx.runtime("replica-a")) as engine:
 
             async def one_round() -> float:
                 await _grab(engine, key, holder)
                 ours.send("wait")
-                if not await loop.run_in_executor(None, ours.poll, BLOCKED_TIMEOUT):
-                    raise BenchmarkError("handoff across replicas: the waiter never queued")
-                if (said := ours.recv()) != "waiting":
+                said = await _from_replica(ours, BLOCKED_TIMEOUT, "never queued")
+                if said != "waiting":
                     raise BenchmarkError(f"handoff across replicas: the waiter said {said!r}")
                 released = time.monotonic()
                 await engine.release(holder.id, [key])
-                if not await loop.run_in_executor(None, ours.poll, BLOCKED_TIMEOUT):
-                    raise BenchmarkError("handoff across replicas: the waiter never returned")
-                returned: float = ours.recv()
+                returned: float = await _from_replica(ours, BLOCKED_TIMEOUT, "never returned")
                 return returned - released
 
             try:
