@@ -94,6 +94,25 @@ async def test_a_release_on_one_replica_wakes_the_waiter_on_another_at_once(
     assert isinstance(result, Granted) and [g.token for g in result.grants] == [2]
 
 
+async def test_a_malformed_message_on_a_replicas_channel_is_ignored(
+    make_engine: MakeEngine, deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = await make_engine(), await make_engine()
+    await take(first, "k", "alice")
+    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
+    waiter = asyncio.create_task(second.acquire(request, wait))
+    await wait_until(lambda: request.id in backend_of(second)._queued)
+    junk = ["g 1", f"g x 1.5 {request.id}", "g 2 soon " + request.id, "{", '{"t":"g"}', "[1]"]
+    with data_servers(deployment)[0] as client:  # in a Cluster, any node publishes to all
+        for message in junk:
+            client.publish(backend_of(second).channel, message)
+    await wait_until(lambda: caplog.text.count("ignoring a malformed message") == len(junk))
+    assert not waiter.done()
+    await first.release("alice", ["k"])
+    result = await asyncio.wait_for(waiter, 5)
+    assert isinstance(result, Granted) and [g.token for g in result.grants] == [2]
+
+
 async def test_a_grant_for_a_request_the_replica_no_longer_remembers_is_read_back_at_once(
     make_engine: MakeEngine, deployment: Deployment
 ) -> None:

@@ -513,28 +513,48 @@ class RedisBackend(Backend):
         A grant is answered at once, then confirmed (claimed) with one more call, which keeps
         it from being revoked as the grant of a dead replica. Its message names the request
         and carries the grants: the request is the one this replica queued (a grant of a
-        request it no longer remembers is read back from Redis, which claims it too).
+        request it no longer remembers is read back from Redis, which claims it too). The
+        straight release (lib's S.release_straight) sends `g <token> <acquired_at> <request
+        id>` instead of JSON: the grant of the one key, without a lease, of that request.
         """
         try:
+            if isinstance(raw, str):
+                raw = raw.encode()
+            if raw.startswith(b"g "):
+                _, token_text, acquired_text, request_id = raw.decode().split(" ", 3)
+                token, acquired_at = int(token_text), float(acquired_text)
+                request = self._queued.pop(request_id, None)
+                if request is None or len(request.keys) != 1:
+                    await self._read_back(request_id)
+                    return
+                grant = Grant(request.keys[0], request.owner, token, acquired_at, None, request_id)
+                await self._granted(Handoff(request, (grant,)))
+                return
             message = json.loads(raw)
-            kind = message.get("t")
+            kind = message.get("t") if isinstance(message, dict) else None
             if kind == "g":
                 request_id = str(message["id"])
                 request = self._queued.pop(request_id, None)
                 if request is None:
                     await self._read_back(request_id)
                     return
-                grants = codec.grants(message["grants"], request.owner)
-                await self._on_grant(Handoff(request, grants))
-                self._unconfirmed.append(request_id)
-                if self._confirmer is None or self._confirmer.done():
-                    self._confirmer = asyncio.create_task(self._confirm())
+                await self._granted(
+                    Handoff(request, codec.grants(message["grants"], request.owner))
+                )
             elif kind == "e":
                 ended = codec.ended(message)
                 self._queued.pop(ended.request.id, None)
                 await self._on_end(ended)
+            else:
+                raise ValueError(kind)
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on %s", self.channel)
+
+    async def _granted(self, handoff: Handoff) -> None:
+        await self._on_grant(handoff)
+        self._unconfirmed.append(handoff.request.id)
+        if self._confirmer is None or self._confirmer.done():
+            self._confirmer = asyncio.create_task(self._confirm())
 
     async def _read_back(self, request_id: str) -> None:
         """The grant of a request this replica no longer remembers: read (and so claim) it."""
