@@ -22,7 +22,7 @@ from plugins.backends.redis.backend import key_base
 from plugins.backends.redis.codec import encode_request
 from sidecar.config import load
 from sidecar.engine.manager import Granted, LockManager, StillQueued
-from sidecar.engine.model import Owner, Priority
+from sidecar.engine.model import Owner, Priority, Request
 from sidecar.errors import Code, LockError
 from sidecar.metrics.stats import EngineStats
 from sidecar.plugin.manager import Plugins
@@ -52,6 +52,43 @@ def kill_pubsub_connections(deployment: Deployment) -> None:
     for client in data_servers(deployment):
         with client:
             client.client_kill_filter(_type="pubsub")
+
+
+async def cut_off(deployment: Deployment, replica: LockManager) -> None:
+    """Drop every pub/sub connection and wait until `replica` knows (made with a long
+    retry-delay, it then stays deaf to grant messages)."""
+    kill_pubsub_connections(deployment)
+    await wait_until(lambda: str(backend_of(replica).describe()["pubsub"]).startswith("reconn"))
+
+
+Acquiring = asyncio.Task[Granted | StillQueued]
+
+
+async def bob_waits_on_another_replica(
+    make_engine: MakeEngine,
+) -> tuple[LockManager, LockManager, Request, Acquiring]:
+    """alice holds `k` on a first replica; bob's acquire of `k` waits on a second one."""
+    first, second = await make_engine(), await make_engine()
+    await take(first, "k", "alice")
+    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
+    waiter = asyncio.create_task(second.acquire(request, wait))
+    await wait_until(lambda: request.id in backend_of(second)._queued)
+    return first, second, request, waiter
+
+
+async def alive_and_ghost(make_engine: MakeEngine) -> tuple[Clock, LockManager, LockManager]:
+    """Two replicas on one clock; the second, once cut off, stops answering: its subscriber
+    does not come back in time (a long retry-delay)."""
+    clock = Clock()
+    return clock, await make_engine(clock), await make_engine(clock, redis__retry_delay=60.0)
+
+
+async def queued_through(replica: LockManager, clock: Clock, key: str, owner: str) -> Request:
+    """A request queued through `replica`'s backend alone: no caller waits for it there."""
+    request, _ = replica.new_request([key], Owner(owner), wait=60)
+    queued = await replica.backend.acquire(request, now=clock.now, queue_if_busy=True, max_queue=99)
+    assert queued.status == "queued"
+    return request
 
 
 async def wait_until(predicate: Any, within: float = 5.0) -> None:
@@ -97,11 +134,7 @@ async def test_a_release_on_one_replica_wakes_the_waiter_on_another_at_once(
 async def test_a_malformed_message_on_a_replicas_channel_is_ignored(
     make_engine: MakeEngine, deployment: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first, second = await make_engine(), await make_engine()
-    await take(first, "k", "alice")
-    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
-    waiter = asyncio.create_task(second.acquire(request, wait))
-    await wait_until(lambda: request.id in backend_of(second)._queued)
+    first, second, request, waiter = await bob_waits_on_another_replica(make_engine)
     junk = ["g 1", f"g x 1.5 {request.id}", "g 2 soon " + request.id, "{", '{"t":"g"}', "[1]"]
     with data_servers(deployment)[0] as client:  # in a Cluster, any node publishes to all
         for message in junk:
@@ -119,11 +152,7 @@ async def test_a_grant_for_a_request_the_replica_no_longer_remembers_is_read_bac
     # A grant message names the request and carries its grants; the replica that queued the
     # request supplies the rest. One that forgot it (more than REMEMBERED_REQUESTS queued)
     # reads the grant back from Redis, which claims it.
-    first, second = await make_engine(), await make_engine()
-    await take(first, "k", "alice")
-    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
-    waiter = asyncio.create_task(second.acquire(request, wait))
-    await wait_until(lambda: request.id in backend_of(second)._queued)
+    first, second, request, waiter = await bob_waits_on_another_replica(make_engine)
     backend_of(second)._queued.clear()
     await first.release("alice", ["k"])
     result = await asyncio.wait_for(waiter, 5)  # no sweeper here: no catch-up either
@@ -169,8 +198,7 @@ async def test_a_waiter_whose_notification_was_lost_is_granted_by_the_catch_up(
     request, wait = second.new_request(["k"], Owner("bob"), wait=10)
     waiter = asyncio.create_task(second.acquire(request, wait))
     await wait_until(lambda: request.id in second._waiters)
-    kill_pubsub_connections(deployment)
-    await wait_until(lambda: str(backend_of(second).describe()["pubsub"]).startswith("reconn"))
+    await cut_off(deployment, second)
     await first.release("alice", ["k"])  # its notification is published to nobody
     result = await asyncio.wait_for(waiter, 4)
     assert isinstance(result, Granted) and result.grants[0].owner.id == "bob"
@@ -180,22 +208,13 @@ async def test_a_waiter_whose_notification_was_lost_is_granted_by_the_catch_up(
 async def test_a_grant_its_replica_never_claims_is_revoked_and_the_key_handed_on(
     make_engine: MakeEngine, deployment: Deployment
 ) -> None:
-    clock = Clock()
-    alive = await make_engine(clock)
-    # A replica that stops answering: its subscriber is cut and does not come back in time.
-    ghost = await make_engine(clock, redis__retry_delay=60.0)
+    clock, alive, ghost = await alive_and_ghost(make_engine)
     await take(alive, ["k", "k2"], "holder")
-    stranded, _ = ghost.new_request(["k"], Owner("ghost-1"), wait=60)
-    other, _ = ghost.new_request(["k2"], Owner("ghost-2"), wait=60)
-    for request in (stranded, other):
-        queued = await ghost.backend.acquire(
-            request, now=clock.now, queue_if_busy=True, max_queue=100
-        )
-        assert queued.status == "queued"
+    stranded = await queued_through(ghost, clock, "k", "ghost-1")
+    other = await queued_through(ghost, clock, "k2", "ghost-2")
     after = await take(alive, "k", "patient")
     assert isinstance(after, StillQueued)
-    kill_pubsub_connections(deployment)
-    await wait_until(lambda: str(backend_of(ghost).describe()["pubsub"]).startswith("reconn"))
+    await cut_off(deployment, ghost)
 
     await alive.release("holder", ["k"])
     assert await holder(alive, "k") == "ghost-1"  # handed on, but nobody will ever claim it
@@ -240,8 +259,8 @@ def index_entries(deployment: Deployment, engine: LockManager, request_id: str) 
             for name in ("owner-requests:bob", f"replica-requests:{backend.replica}")
             if client.sismember(base + name, request_id)
         ]
-        found += [w.decode() for w in client.zrange(base + "all-waits", 0, -1)]
-        found += [k.decode() for k in client.smembers(base + "queued-keys")]
+        found += [str(w) for w in client.zrange(base + "all-waits", 0, -1)]
+        found += [str(k) for k in client.smembers(base + "queued-keys")]
         found += ["form"] * client.exists(base + "form:" + request_id)
         counts = client.hvals(base + "by-priority")
         return found + [f"priority count {int(n)}" for n in counts if int(n)]
@@ -256,15 +275,10 @@ async def test_a_request_handed_on_straight_leaves_its_indexes_to_whoever_reads_
     # The release that hands a key to a waiter on another replica does the least it can while
     # that waiter waits for it: the request's indexes follow when its replica claims the grant,
     # or when an operation that reads them comes first. Here the claim never comes.
-    clock = Clock()
-    alive = await make_engine(clock)
-    ghost = await make_engine(clock, redis__retry_delay=60.0)
+    clock, alive, ghost = await alive_and_ghost(make_engine)
     await take(alive, "k", "holder")
-    request, _ = ghost.new_request(["k"], Owner("bob"), wait=60)
-    queued = await ghost.backend.acquire(request, now=clock.now, queue_if_busy=True, max_queue=9)
-    assert queued.status == "queued"
-    kill_pubsub_connections(deployment)
-    await wait_until(lambda: str(backend_of(ghost).describe()["pubsub"]).startswith("reconn"))
+    request = await queued_through(ghost, clock, "k", "bob")
+    await cut_off(deployment, ghost)
 
     await alive.release("holder", ["k"])
     assert await holder(alive, "k") == "bob"
@@ -278,11 +292,7 @@ async def test_a_request_handed_on_straight_leaves_its_indexes_to_whoever_reads_
 async def test_a_claimed_handoff_leaves_no_trace_of_its_request(
     make_engine: MakeEngine, deployment: Deployment
 ) -> None:
-    first, second = await make_engine(), await make_engine()
-    await take(first, "k", "alice")
-    request, wait = second.new_request(["k"], Owner("bob"), wait=10)
-    waiter = asyncio.create_task(second.acquire(request, wait))
-    await wait_until(lambda: request.id in backend_of(second)._queued)
+    first, second, request, waiter = await bob_waits_on_another_replica(make_engine)
     await asyncio.sleep(0.05)
     assert index_entries(deployment, second, request.id)  # while it waits
     await first.release("alice", ["k"])
@@ -318,8 +328,7 @@ async def test_a_caller_hanging_up_as_another_replica_grants_it_leaves_no_lock_b
     caller = asyncio.create_task(second.acquire(request, wait))
     await wait_until(lambda: request.id in second._waiters)
     await asyncio.sleep(0.05)
-    kill_pubsub_connections(deployment)  # so the grant's notification cannot arrive first
-    await wait_until(lambda: str(backend_of(second).describe()["pubsub"]).startswith("reconn"))
+    await cut_off(deployment, second)  # so the grant's notification cannot arrive first
     await first.release("alice", ["k"])
     assert await holder(first, "k") == "bob"
     caller.cancel()  # the HTTP caller went away just now
