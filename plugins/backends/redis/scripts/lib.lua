@@ -239,7 +239,7 @@ function S.add_request(r)
 end
 
 -- A request for one key, without a lease, whose caller waits on a replica: when another
--- replica's release hands it the key, that release takes the straight path (S.hand_straight),
+-- replica's release hands it the key, that release takes the straight path (S.release_straight),
 -- which reads these pieces of its grant, outcome and message, encoded once, here, and so
 -- decodes and encodes nothing. (On Redis, every piece of code a call runs for the first time
 -- in a while costs several microseconds, and the waiter waits for all of it.)
@@ -285,7 +285,7 @@ end
 
 -- The rest of removing a request that has left its queues and `waiting`: the indexes that only
 -- the sweep, the queue summary, the deadlock search and per-owner or per-replica reads use.
--- S.hand_straight leaves this for later (S.settle); a request has a deadline until it ran.
+-- S.release_straight leaves this for later (S.settle); a request has a deadline until it ran.
 function S.unindex(r)
   if redis.call('ZREM', S.K_DEADLINES, r.id) == 0 then return end
   for _, key in ipairs(r.keys) do
@@ -300,7 +300,7 @@ function S.unindex(r)
   redis.call('DEL', S.k_form(r.id))
 end
 
--- Finish removing the requests S.hand_straight handed on (those still with a deadline): called
+-- Finish removing the requests S.release_straight handed on (those still with a deadline): called
 -- first by every operation that reads the indexes S.unindex keeps. Normally there are none:
 -- their replicas claim them (S.claim) within milliseconds.
 function S.settle()
